@@ -1,0 +1,198 @@
+"""`python -m rlhf train|evaluate`: every RunConfig field is an option (`--ppo.learning_rate 1e-4`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from rlhf.config import PRESETS, RunConfig, preset
+
+# Fields with a short alias of their own; everything else is --section.field.
+ALIASES = {"steps": "--steps", "seed": "--seed", "device": "--device", "eval_prompts": "--eval-prompts"}
+SKIP = {"preset"}
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _converter(tp: Any):
+    """argparse `type=` for a field annotation (None accepted as 'none' for optional fields)."""
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), tp) if args else tp
+    if typing.get_origin(tp) is list or typing.get_origin(base) is list:
+        return lambda s: [x for x in s.split(",") if x]
+    inner = {bool: _parse_bool, int: int, float: float, str: str}.get(base, str)
+    if not optional:
+        return inner
+    return lambda s: None if s.lower() in ("none", "null", "auto") and base is not str else inner(s)
+
+
+def _fields(cls: type, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from _fields(tp, f"{prefix}{f.name}.")
+        elif f.name not in SKIP:
+            yield f"{prefix}{f.name}", tp, f.metadata.get("help", "")
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run configuration (defaults come from --preset)")
+    presets = {name: make() for name, make in PRESETS.items()}
+    for dotted, tp, help_text in _fields(RunConfig):
+        flags = [f"--{dotted}"] + ([ALIASES[dotted]] if dotted in ALIASES else [])
+        defaults = "; ".join(f"{name}: {_lookup(cfg, dotted)!r}" for name, cfg in presets.items())
+        group.add_argument(
+            *flags,
+            dest=dotted,
+            type=_converter(tp),
+            default=argparse.SUPPRESS,
+            metavar=_metavar(tp),
+            help=f"{help_text} [{defaults}]".replace("%", "%%"),
+        )
+
+
+def _lookup(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _metavar(tp: Any) -> str:
+    text = str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    return {"bool": "BOOL", "int": "INT", "float": "FLOAT", "str": "TEXT"}.get(text, text.upper().replace(" ", ""))
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    cfg = preset(args.preset)
+    for key, value in vars(args).items():
+        if "." not in key and key not in ALIASES:
+            continue
+        obj = cfg
+        *path, leaf = key.split(".")
+        for part in path:
+            obj = getattr(obj, part)
+        setattr(obj, leaf, value)
+    return cfg
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rlhf",
+        description="PPO fine-tuning of a LoRA policy against a hate-speech reward, and its evaluation.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="run PPO, evaluate, save a checkpoint folder")
+    train.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="offline",
+        help="offline: embedded SmolLM2 + profanity-check + chitchat (no network); "
+        "seed: FLAN-T5-base + RoBERTa hate-speech + DialogSum (needs the hub)",
+    )
+    train.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    train.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    add_config_options(train)
+
+    ev = sub.add_parser("evaluate", help="compare a saved adapter with the reference on held-out prompts")
+    ev.add_argument("--preset", choices=sorted(PRESETS), default="offline", help="preset the run was made with")
+    ev.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="a folder written by `train` (its run_config.json and adapter are used)",
+    )
+    ev.add_argument("--out", type=Path, default=None, help="write eval.json and eval.md here")
+    add_config_options(ev)
+    return parser
+
+
+def _load_checkpoint_config(args: argparse.Namespace) -> RunConfig:
+    ckpt = args.checkpoint
+    if ckpt is None:
+        return build_config(args)
+    cfg_file = ckpt / "run_config.json"
+    if not cfg_file.exists():
+        raise ValueError(f"{ckpt} is not a checkpoint folder (no run_config.json); pass the --out of `train`")
+    cfg = RunConfig.from_dict(json.loads(cfg_file.read_text()))
+    args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "preset"})
+    for key, value in vars(args).items():
+        if "." in key or key in ALIASES:
+            obj = cfg
+            *path, leaf = key.split(".")
+            for part in path:
+                obj = getattr(obj, part)
+            setattr(obj, leaf, value)
+    cfg.policy.adapter_path = str(ckpt / "adapter")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from rlhf.train import Checkpoint, evaluate_run, load_run, train
+
+    if args.command == "train":
+        cfg = build_config(args)
+        cfg.validate()
+        ckpt = Checkpoint(args.out, overwrite=args.overwrite)
+        t0 = time.perf_counter()
+        run = load_run(cfg)
+        ckpt.start()
+        history = train(run, on_step=_printer(ckpt))
+        evaluation = None if args.no_eval else evaluate_run(run)
+        out = ckpt.commit(run, evaluation)
+        if evaluation is not None:
+            print(evaluation.to_markdown())
+        print(f"saved {out} in {time.perf_counter() - t0:.0f} s ({len(history)} steps)")
+        return 0
+
+    cfg = _load_checkpoint_config(args)
+    cfg.validate()
+    run = load_run(cfg)
+    torch.manual_seed(cfg.eval_seed)
+    evaluation = evaluate_run(run)
+    print(evaluation.to_markdown())
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "eval.json").write_text(evaluation.to_json())
+        (args.out / "eval.md").write_text(evaluation.to_markdown() + "\n")
+    return 0
+
+
+def _printer(ckpt) -> types.FunctionType:
+    from tqdm.auto import tqdm
+
+    def on_step(stats: dict) -> None:
+        ckpt.log_step(stats)
+        tqdm.write(
+            f"step {stats['step']:>4}  reward {stats['env/reward_mean']:.4f}  kl {stats['objective/kl']:.4f}  "
+            f"loss {stats['loss/total']:.4f}  ({stats['time/step_s'] + stats['time/generate_s']:.1f} s)"
+        )
+
+    return on_step

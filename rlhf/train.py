@@ -1,0 +1,187 @@
+"""A training run: load everything a config names, loop rollout -> score -> PPO step, evaluate, checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhf.config import RunConfig
+from rlhf.evaluate import Evaluation, evaluate
+from rlhf.models import Policy, load_policy
+from rlhf.ppo import LengthSampler, PPOTrainer, generate
+from rlhf.prompts import Prompt, encode_prompt, load_prompts, split_prompts
+from rlhf.scorers import RewardScorer, load_scorer, reward_fn
+
+
+@dataclass
+class Run:
+    """Everything a run needs, loaded once: policy, scorer and the encoded train / held-out prompts."""
+
+    cfg: RunConfig
+    policy: Policy
+    scorer: RewardScorer
+    train_prompts: list[Prompt]
+    heldout_prompts: list[Prompt]
+    train_queries: list[torch.Tensor]
+    heldout_queries: list[torch.Tensor]
+
+    @property
+    def score_fn(self) -> Callable[[Sequence[str]], list[float]]:
+        return reward_fn(self.scorer, self.cfg.reward.use_logit)
+
+    def decode(self, responses: Sequence[torch.Tensor]) -> list[str]:
+        return [t.strip() for t in self.policy.tokenizer.batch_decode(responses, skip_special_tokens=True)]
+
+
+def load_run(cfg: RunConfig, log: Callable[[str], None] = print) -> Run:
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    log(f"loading policy {cfg.policy.name_or_path} ...")
+    policy = load_policy(cfg.policy, cfg.device, log=log)
+    log(f"loading reward model {cfg.reward.name_or_path} ...")
+    scorer = load_scorer(cfg.reward, cfg.device)
+    log(f"loading prompts from {cfg.data.source} ...")
+    prompts = load_prompts(cfg.data)
+    encoded = []
+    for p in prompts:
+        q = encode_prompt(policy.tokenizer, p.dialogue, cfg.data.template, cfg.policy.chat_template)
+        if len(q) <= cfg.policy.max_query_tokens:
+            encoded.append((p, q))
+    if len(encoded) <= cfg.data.heldout_size:
+        raise ValueError(
+            f"only {len(encoded)} prompts fit policy.max_query_tokens={cfg.policy.max_query_tokens}, not more than "
+            f"data.heldout_size={cfg.data.heldout_size}; lower --data.heldout_size or use a larger prompt set"
+        )
+    by_id = {p.id: q for p, q in encoded}
+    train, heldout = split_prompts([p for p, _ in encoded], cfg.data.heldout_size, cfg.data.split_seed)
+    log(f"{len(train)} training prompts, {len(heldout)} held out")
+    return Run(cfg, policy, scorer, train, heldout, [by_id[p.id] for p in train], [by_id[p.id] for p in heldout])
+
+
+class Checkpoint:
+    """Writes a run folder atomically: everything goes to `<out>.partial`, renamed into place when complete.
+
+    A crash leaves at most a `.partial` folder beside `out`, never a half-written `out`.
+    """
+
+    def __init__(self, out: Path, overwrite: bool = False):
+        self.out = Path(out)
+        if self.out.exists() and any(self.out.iterdir()) and not overwrite:
+            raise ValueError(f"{self.out} already exists and is not empty; choose another --out or pass --overwrite")
+        self.staging = self.out.with_name(self.out.name + ".partial")
+        self.metrics = None
+
+    def start(self) -> None:
+        """Create the staging folder; called once loading has succeeded, so a bad config leaves nothing."""
+        if self.staging.exists():
+            shutil.rmtree(self.staging)
+        self.staging.mkdir(parents=True)
+        self.metrics = (self.staging / "metrics.jsonl").open("a")
+
+    def log_step(self, stats: dict) -> None:
+        self.metrics.write(json.dumps(stats) + "\n")
+        self.metrics.flush()
+
+    def commit(self, run: Run, evaluation: Evaluation | None) -> Path:
+        self.metrics.close()
+        run.policy.save(self.staging)
+        (self.staging / "run_config.json").write_text(run.cfg.to_json())
+        if evaluation is not None:
+            (self.staging / "eval.json").write_text(evaluation.to_json())
+            (self.staging / "eval.md").write_text(evaluation.to_markdown() + "\n")
+        old = None
+        if self.out.exists():
+            old = self.out.with_name(self.out.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(self.out, old)
+        os.replace(self.staging, self.out)
+        if old is not None:
+            shutil.rmtree(old)
+        return self.out
+
+
+def batches(
+    prompts: Sequence[Prompt], queries: Sequence[torch.Tensor], size: int, seed: int
+) -> Iterator[tuple[list[Prompt], list[torch.Tensor]]]:
+    """Endless shuffled batches of (prompt, query); reshuffles each pass over the data."""
+    if len(prompts) < size:
+        raise ValueError(f"{len(prompts)} training prompts are fewer than ppo.batch_size={size}")
+    rng = random.Random(seed)
+    order = list(range(len(prompts)))
+    while True:
+        rng.shuffle(order)
+        for k in range(0, len(order) - size + 1, size):
+            idx = order[k : k + size]
+            yield [prompts[i] for i in idx], [queries[i] for i in idx]
+
+
+@contextmanager
+def _timer(stats: dict, key: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    stats[key] = time.perf_counter() - t0
+
+
+def train(
+    run: Run,
+    steps: int | None = None,
+    on_step: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Generate, score and update for `steps` PPO steps; returns the per-step statistics."""
+    from tqdm.auto import tqdm
+
+    cfg = run.cfg
+    steps = cfg.steps if steps is None else steps
+    trainer = PPOTrainer(run.policy, cfg.ppo, cfg.generation.temperature, seed=cfg.seed)
+    lengths = LengthSampler(cfg.generation.min_new_tokens, cfg.generation.max_new_tokens, seed=cfg.seed)
+    data = batches(run.train_prompts, run.train_queries, cfg.ppo.batch_size, cfg.seed)
+    history = []
+    bar = tqdm(range(steps), desc="PPO", disable=not progress)
+    for _ in bar:
+        if should_stop is not None and should_stop():
+            break
+        timing: dict = {}
+        _, queries = next(data)
+        with _timer(timing, "time/generate_s"):
+            responses = generate(run.policy, queries, cfg.generation, max_new_tokens=lengths())
+        texts = run.decode(responses)
+        with _timer(timing, "time/score_s"):
+            scores = run.score_fn(texts)
+        stats = trainer.step(queries, responses, scores)
+        stats.update(timing)
+        history.append(stats)
+        bar.set_postfix(
+            reward=f"{stats['env/reward_mean']:.3f}",
+            kl=f"{stats['objective/kl']:.3f}",
+            loss=f"{stats['loss/total']:.3f}",
+        )
+        if on_step is not None:
+            on_step(stats)
+    return history
+
+
+def evaluate_run(run: Run, n: int | None = None) -> Evaluation:
+    n = run.cfg.eval_prompts if n is None else n
+    return evaluate(
+        run.policy,
+        run.scorer,
+        run.cfg.reward.use_logit,
+        run.heldout_prompts[:n],
+        run.heldout_queries[:n],
+        run.cfg.generation,
+        seed=run.cfg.eval_seed,
+    )

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny models of each architecture, built once per session in a temp dir."""
+
+import os
+
+import pytest
+
+# Tests never reach the hub: a bad model name must fail fast with our message, not wait on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tests.tiny_models import build_tiny_llama, build_tiny_roberta_classifier, build_tiny_t5
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory):
+    return build_tiny_t5(tmp_path_factory.mktemp("models") / "tiny-t5")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory):
+    return build_tiny_roberta_classifier(tmp_path_factory.mktemp("models") / "tiny-roberta")
+
+
+@pytest.fixture(scope="session")
+def dialogsum_jsonl():
+    """DialogSum dev split from ../shared/data: real prompts in the seed's format, read in place."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dialogsum" / "dialogsum.dev.jsonl"
+    if not path.exists():
+        pytest.skip(f"{path} not found (the shared data folder sits beside the project checkout)")
+    return path

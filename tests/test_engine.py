@@ -1,0 +1,249 @@
+"""Scorers, prompt sources, evaluation statistics, checkpoints and the CLI, on tiny local models."""
+
+import json
+
+import pytest
+import torch
+
+from rlhf import cli
+from rlhf.config import DataConfig, PolicyConfig, RunConfig, preset
+from rlhf.evaluate import paired_bootstrap_ci, relative_change, rouge_l
+from rlhf.models import load_policy
+from rlhf.prompts import Prompt, load_prompts, split_prompts
+from rlhf.scorers import ClassifierScorer
+
+
+# ---- scorers ---------------------------------------------------------------------------------------------
+def test_classifier_scorer_gives_label_probability_and_logit(tiny_classifier):
+    scorer = ClassifierScorer(str(tiny_classifier), label="NOTHATE", batch_size=2)
+    texts = ["hello there", "I hate you", "a much longer text about the weather today", "<script>x</script>"]
+    out = scorer.score_batch(texts)
+    assert len(out.scores) == len(out.logits) == 4
+    assert all(0.0 <= s <= 1.0 for s in out.scores)
+    # batching does not change the numbers
+    single = [ClassifierScorer(str(tiny_classifier)).score([t])[0] for t in texts]
+    assert out.scores == pytest.approx(single, abs=1e-5)
+
+
+def test_classifier_without_the_label_says_which_labels_it_has(tmp_path):
+    from tests.tiny_models import build_tiny_roberta_classifier
+
+    path = build_tiny_roberta_classifier(tmp_path / "clf", labels=("LABEL_0", "LABEL_1"))
+    with pytest.raises(ValueError, match=r"no label named 'nothate'; its labels are \['LABEL_0', 'LABEL_1'\]"):
+        ClassifierScorer(str(path), label="nothate")
+
+
+@pytest.mark.parametrize("name", ["no-such-org/no-such-model", "./missing/folder"])
+def test_bad_model_names_fail_with_what_to_pass(name):
+    with pytest.raises(ValueError, match="--reward.name_or_path"):
+        ClassifierScorer(name)
+    with pytest.raises(ValueError, match="--policy.name_or_path"):
+        load_policy(PolicyConfig(name_or_path=name), device="cpu")
+
+
+def test_bad_lora_targets_list_the_linear_layers(tiny_llama):
+    cfg = PolicyConfig(name_or_path=str(tiny_llama))
+    cfg.lora.target_modules = ["q", "v"]  # T5 names on a Llama model
+    with pytest.raises(ValueError, match=r"its linear layers are .*q_proj"):
+        load_policy(cfg, device="cpu")
+
+
+# ---- prompts ---------------------------------------------------------------------------------------------
+def test_local_jsonl_prompts_are_filtered_by_length(dialogsum_jsonl):
+    prompts = load_prompts(DataConfig(source=str(dialogsum_jsonl), min_chars=200, max_chars=1000))
+    assert 100 < len(prompts) < 500
+    assert all(200 <= len(p.dialogue) <= 1000 for p in prompts)
+    assert all(p.summary for p in prompts) and prompts[0].id.startswith("dev_")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_csv_and_parquet_prompts(tmp_path, suffix):
+    import pandas as pd
+
+    df = pd.DataFrame({"id": ["a", "b"], "dialogue": ["#Person1#: " + "x" * 300, "short"], "summary": ["s", "t"]})
+    path = tmp_path / f"p{suffix}"
+    df.to_csv(path, index=False) if suffix == ".csv" else df.to_parquet(path)
+    prompts = load_prompts(DataConfig(source=str(path), min_chars=200, max_chars=1000))
+    assert [p.id for p in prompts] == ["a"] and prompts[0].summary == "s"
+
+
+def test_dataset_without_the_text_column_names_its_columns(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"conversation": "hi", "other": 1}) + "\n")
+    with pytest.raises(ValueError, match=r"no column 'dialogue'; its columns are \['conversation', 'other'\]"):
+        load_prompts(DataConfig(source=str(path)))
+
+
+def test_missing_prompt_file_says_what_to_pass(tmp_path):
+    with pytest.raises(ValueError, match="--data.source"):
+        load_prompts(DataConfig(source=str(tmp_path / "nope.jsonl")))
+
+
+def test_split_is_deterministic_and_disjoint():
+    prompts = [Prompt(f"p{i}", f"d{i}") for i in range(100)]
+    train, held = split_prompts(prompts, 10, seed=42)
+    train2, held2 = split_prompts(list(reversed(prompts)), 10, seed=42)
+    assert held == held2 and train == train2
+    assert len(held) == 10 and not {p.id for p in train} & {p.id for p in held}
+    assert split_prompts(prompts, 10, seed=1)[1] != held
+
+
+# ---- evaluation statistics --------------------------------------------------------------------------------
+def test_relative_change_and_paired_bootstrap():
+    ref = [0.5, 0.6, 0.4, 0.5] * 10
+    pol = [x + 0.1 for x in ref]
+    assert relative_change(ref, pol) == pytest.approx(0.2)
+    lo, hi = paired_bootstrap_ci(ref, pol)
+    assert lo == pytest.approx(0.2, abs=0.02) and hi == pytest.approx(0.2, abs=0.02)  # paired: no spread
+    noisy = [x + (0.3 if i % 2 else -0.3) for i, x in enumerate(ref)]
+    lo, hi = paired_bootstrap_ci(ref, noisy)
+    assert lo < 0 < hi
+
+
+def test_rouge_l():
+    assert rouge_l(["the cat sat"], ["the cat sat"]) == pytest.approx(1.0)
+    assert rouge_l([""], ["the cat sat"]) == 0.0
+
+
+# ---- config ------------------------------------------------------------------------------------------------
+def test_presets_match_the_recipe():
+    seed = preset("seed")
+    assert seed.policy.name_or_path == "google/flan-t5-base"
+    assert (seed.policy.lora.r, seed.policy.lora.alpha, seed.policy.lora.dropout) == (32, 32, 0.05)
+    assert seed.policy.lora.target_modules == ["q", "v"]
+    assert seed.reward.name_or_path == "facebook/roberta-hate-speech-dynabench-r4-target"
+    assert seed.reward.label == "nothate"
+    assert (seed.ppo.learning_rate, seed.ppo.batch_size, seed.ppo.mini_batch_size, seed.ppo.ppo_epochs) == (
+        1.41e-5,
+        16,
+        4,
+        1,
+    )
+    assert (seed.generation.top_k, seed.generation.top_p) == (0, 1.0)
+    assert seed.data.template == "Summarize the following conversation.\n\n{dialogue}\n\nSummary:\n"
+    assert (seed.data.min_chars, seed.data.max_chars) == (200, 1000)
+    assert RunConfig.from_dict(json.loads(seed.to_json())) == seed
+
+
+def test_indivisible_batch_is_refused():
+    cfg = preset("offline")
+    cfg.ppo.mini_batch_size = 5
+    with pytest.raises(ValueError, match="16 is not divisible by 5"):
+        cfg.validate()
+
+
+# ---- checkpoints and the CLI -------------------------------------------------------------------------------
+def tiny_args(tiny_llama, tiny_classifier, dialogsum_jsonl, out):
+    return [
+        "train",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--policy.name_or_path",
+        str(tiny_llama),
+        "--policy.lora.target_modules",
+        "q_proj,v_proj",
+        "--policy.lora.r",
+        "4",
+        "--reward.name_or_path",
+        str(tiny_classifier),
+        "--data.source",
+        str(dialogsum_jsonl),
+        "--data.heldout_size",
+        "4",
+        "--eval-prompts",
+        "4",
+        "--ppo.batch_size",
+        "4",
+        "--ppo.mini_batch_size",
+        "2",
+        "--generation.min_new_tokens",
+        "4",
+        "--generation.max_new_tokens",
+        "6",
+    ]
+
+
+def test_cli_train_writes_a_complete_checkpoint(tmp_path, tiny_llama, tiny_classifier, dialogsum_jsonl, capsys):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    assert cli.main(tiny_args(tiny_llama, tiny_classifier, dialogsum_jsonl, out)) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adapter",
+        "eval.json",
+        "eval.md",
+        "metrics.jsonl",
+        "run_config.json",
+        "value_head.safetensors",
+    ]
+    assert not (tmp_path / "run.partial").exists()
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2]
+    assert {"env/reward_mean", "objective/kl", "loss/total"} <= set(steps[0])
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["n_prompts"] == 4 and ev["reference"]["rouge_l"] is not None
+    cfg = RunConfig.from_dict(json.loads((out / "run_config.json").read_text()))
+    assert cfg.ppo.batch_size == 4 and cfg.policy.lora.target_modules == ["q_proj", "v_proj"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), out / "adapter")
+    assert any("lora_" in n for n, _ in model.named_parameters())
+    printed = capsys.readouterr().out
+    assert "Relative change of mean reward" in printed
+
+    # evaluate the saved checkpoint: same held-out prompts, the adapter loaded back
+    assert cli.main(["evaluate", "--checkpoint", str(out), "--out", str(tmp_path / "ev")]) == 0
+    again = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert again["reference"] == ev["reference"]
+    assert again["policy"]["reward_mean"] == pytest.approx(ev["policy"]["reward_mean"], abs=1e-6)
+
+    # an existing folder is never overwritten by accident
+    assert cli.main(tiny_args(tiny_llama, tiny_classifier, dialogsum_jsonl, out)) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_a_crash_never_leaves_a_half_checkpoint(tmp_path, tiny_llama, tiny_classifier, dialogsum_jsonl, monkeypatch):
+    from rlhf import train as train_mod
+
+    def boom(*a, **k):
+        raise RuntimeError("killed mid-run")
+
+    monkeypatch.setattr(train_mod, "evaluate_run", boom)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        cli.main(tiny_args(tiny_llama, tiny_classifier, dialogsum_jsonl, out))
+    assert not out.exists()
+    assert (tmp_path / "run.partial" / "metrics.jsonl").exists()
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    for flag in (
+        "--ppo.learning_rate",
+        "--reward.label",
+        "--data.text_column",
+        "--policy.lora.r",
+        "--steps",
+        "--generation.top_k",
+        "--ppo.kl_penalty",
+        "--out",
+    ):
+        assert flag in text
+    assert "offline: 0.0001; seed: 1.41e-05" in text
+
+
+def test_bad_label_from_the_cli_is_a_clean_error(tmp_path, tiny_llama, dialogsum_jsonl, capsys):
+    from tests.tiny_models import build_tiny_roberta_classifier
+
+    clf = build_tiny_roberta_classifier(tmp_path / "clf", labels=("LABEL_0", "LABEL_1"))
+    assert cli.main(tiny_args(tiny_llama, clf, dialogsum_jsonl, tmp_path / "run")) == 2
+    assert "pass --reward.label" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_value_head_starts_at_zero(tiny_t5):
+    policy = load_policy(PolicyConfig(name_or_path=str(tiny_t5)), device="cpu")
+    assert torch.count_nonzero(policy.value_head.summary.weight) == 0

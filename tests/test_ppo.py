@@ -1,0 +1,213 @@
+"""PPO on tiny T5 and Llama-like policies built in a temp dir and loaded through from_pretrained."""
+
+import pytest
+import torch
+
+from rlhf.config import GenerationConfig, LoRAConfig, PolicyConfig, PPOConfig
+from rlhf.core import logprobs_from_logits
+from rlhf.models import load_policy
+from rlhf.ppo import PPOTrainer, generate
+from rlhf.prompts import encode_prompt
+
+TARGETS = {
+    "t5": ["q", "k", "v", "o", "wi", "wo", "lm_head"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"],
+}
+DIALOGUES = [
+    "#Person1#: hello, how are you?\n#Person2#: good, thanks.",
+    "#Person1#: I hate mondays.\n#Person2#: me too, they are bad.",
+    "#Person1#: do you love music?\n#Person2#: yes, I love it.",
+    "#Person1#: what a bad day.\n#Person2#: tomorrow will be good.",
+]
+
+
+@pytest.fixture(params=["t5", "llama"])
+def arch(request, tiny_t5, tiny_llama):
+    return request.param, (tiny_t5 if request.param == "t5" else tiny_llama)
+
+
+def make_policy(path, kind, seed=0, r=8):
+    torch.manual_seed(seed)
+    cfg = PolicyConfig(
+        name_or_path=str(path), lora=LoRAConfig(r=r, alpha=2 * r, dropout=0.05, target_modules=TARGETS[kind])
+    )
+    return load_policy(cfg, device="cpu")
+
+
+def queries_for(policy, n):
+    tmpl = "Summarize the following conversation.\n\n{dialogue}\n\nSummary:\n"
+    return [encode_prompt(policy.tokenizer, DIALOGUES[i % len(DIALOGUES)], tmpl, None) for i in range(n)]
+
+
+GEN = GenerationConfig(min_new_tokens=8, max_new_tokens=8, batch_size=16)
+
+
+def test_seq2seq_mask_keeps_the_first_generated_token(tiny_t5):
+    """trl 0.11.4 masks the log-prob of the first generated token of encoder-decoder responses
+    (tests/fixtures: seq2seq_batched_forward_pass.masks has a 0 in column 0). We keep it."""
+    policy = make_policy(tiny_t5, "t5")
+    q = queries_for(policy, 2)
+    responses = [torch.tensor([5, 6, 7, 1]), torch.tensor([8, 9, 1])]
+    batch = policy.collate(q, responses)
+    assert batch.response_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    logits, _ = policy(batch)
+    ours = logprobs_from_logits(logits, batch.responses)
+    # the first token's log-prob, computed directly: decoder sees only the start token
+    direct = policy.model(
+        input_ids=q[0][None], decoder_input_ids=torch.tensor([[policy.model.config.decoder_start_token_id]])
+    ).logits.log_softmax(-1)[0, 0, 5]
+    assert ours[0, 0].item() == pytest.approx(direct.item(), abs=1e-5)
+
+
+def test_causal_logprobs_do_not_depend_on_left_padding(tiny_llama):
+    policy = make_policy(tiny_llama, "llama")
+    short, long = queries_for(policy, 1)[0], queries_for(policy, 2)[1]
+    assert len(long) != len(short)
+    resp = torch.tensor([10, 11, 12])
+    alone, _ = policy(policy.collate([short], [resp]))
+    padded, _ = policy(policy.collate([long, short], [resp, resp]))
+    torch.testing.assert_close(
+        logprobs_from_logits(alone, resp[None])[0],
+        logprobs_from_logits(padded, torch.stack([resp, resp]))[1],
+        atol=1e-4,
+        rtol=1e-4,
+    )
+
+
+def test_chat_template_is_applied_for_instruct_models(tiny_llama, tiny_t5):
+    llama = make_policy(tiny_llama, "llama")
+    text = llama.tokenizer.decode(encode_prompt(llama.tokenizer, "#Person1#: hi", "Summarize: {dialogue}", None))
+    assert text.startswith("<|im_start|>user\nSummarize: #Person1#: hi")
+    assert text.endswith("<|im_start|>assistant\n")
+    plain = llama.tokenizer.decode(encode_prompt(llama.tokenizer, "#Person1#: hi", "Summarize: {dialogue}", False))
+    assert "<|im_start|>" not in plain
+    t5 = make_policy(tiny_t5, "t5")
+    t5_text = t5.tokenizer.decode(encode_prompt(t5.tokenizer, "#Person1#: hi", "Summarize: {dialogue}", None))
+    assert t5_text.startswith("Summarize: #Person1#: hi")
+
+
+def test_generation_truncates_after_first_eos(arch):
+    kind, path = arch
+    policy = make_policy(path, kind)
+    torch.manual_seed(0)
+    responses = generate(policy, queries_for(policy, 8), GenerationConfig(min_new_tokens=20, max_new_tokens=20))
+    eos = policy.tokenizer.eos_token_id
+    for r in responses:
+        assert 1 <= len(r) <= 20
+        hits = (r == eos).nonzero().flatten().tolist()
+        assert hits in ([], [len(r) - 1]), "EOS may only be the last token"
+        if kind == "t5":
+            assert r[0].item() != policy.model.config.decoder_start_token_id or len(r) == 1
+
+
+def test_step_changes_lora_and_value_head_but_not_base_weights(arch):
+    kind, path = arch
+    policy = make_policy(path, kind)
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    trainer = PPOTrainer(policy, PPOConfig(learning_rate=1e-2, batch_size=4, mini_batch_size=2))
+    q = queries_for(policy, 4)
+    torch.manual_seed(0)
+    responses = generate(policy, q, GEN)
+    trainer.step(q, responses, [1.0, 0.0, 0.5, 0.2])
+    changed = {n for n, p in policy.named_parameters() if not torch.equal(p, before[n])}
+    lora = {n for n in before if "lora_" in n}
+    assert lora and lora <= changed, "every LoRA weight moves"
+    assert {n for n in before if n.startswith("value_head.")} <= changed
+    assert changed <= lora | {n for n in before if n.startswith("value_head.")}, "base weights stay frozen"
+
+
+def test_reference_is_the_untrained_model(arch):
+    """Inside reference() the network computes exactly what the model loaded from disk computes
+    (peft's test_disable_adapters), also after training has moved the adapter."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    kind, path = arch
+    policy = make_policy(path, kind)
+    plain = (AutoModelForSeq2SeqLM if kind == "t5" else AutoModelForCausalLM).from_pretrained(path).eval()
+    q = queries_for(policy, 4)
+    torch.manual_seed(0)
+    responses = generate(policy, q, GEN)
+    trainer = PPOTrainer(policy, PPOConfig(learning_rate=5e-2, batch_size=4, mini_batch_size=4))
+    trainer.step(q, responses, [1.0, -1.0, 1.0, -1.0])
+    batch = policy.collate(q, responses)
+    with torch.no_grad():
+        with policy.reference():
+            ref_logits, _ = policy(batch)
+        pol_logits, _ = policy(batch)
+        if kind == "t5":
+            want = plain(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                decoder_input_ids=batch.decoder_input_ids,
+                decoder_attention_mask=batch.decoder_attention_mask,
+            ).logits
+        else:
+            pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+            T = batch.responses.shape[1]
+            want = plain(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos).logits[
+                :, -(T + 1) : -1
+            ]
+    m = batch.response_mask.bool()
+    torch.testing.assert_close(ref_logits[m], want[m], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(pol_logits[m], want[m], atol=1e-3), "the trained policy differs from the reference"
+
+
+def test_step_rejects_a_wrong_batch(tiny_llama):
+    policy = make_policy(tiny_llama, "llama")
+    trainer = PPOTrainer(policy, PPOConfig(batch_size=4, mini_batch_size=2))
+    q = queries_for(policy, 3)
+    with pytest.raises(ValueError, match="exactly ppo.batch_size=4"):
+        trainer.step(q, [torch.tensor([3, 4])] * 3, [0.0] * 3)
+    with pytest.raises(ValueError, match="finite"):
+        trainer.step(queries_for(policy, 4), [torch.tensor([3, 4])] * 4, [0.0, float("nan"), 0.0, 0.0])
+    with pytest.raises(ValueError, match="not divisible"):
+        PPOTrainer(policy, PPOConfig(batch_size=6, mini_batch_size=4))
+
+
+def _even_share(responses):
+    """Synthetic reward: the share of response tokens with an even id (a chosen half of the vocabulary)."""
+    return [float((r % 2 == 0).float().mean()) for r in responses]
+
+
+SHORT = GenerationConfig(min_new_tokens=4, max_new_tokens=4, batch_size=16)
+
+
+def _measure(policy, q):
+    vals = []
+    for k in range(4):
+        torch.manual_seed(100 + k)
+        vals += _even_share(generate(policy, q, SHORT))
+    return sum(vals) / len(vals)
+
+
+def _run_ppo(policy, steps, reward_fn, **ppo):
+    cfg = PPOConfig(batch_size=16, mini_batch_size=4, **ppo)
+    trainer = PPOTrainer(policy, cfg, seed=0)
+    q = queries_for(policy, 16)
+    history = []
+    for step in range(steps):
+        torch.manual_seed(step)
+        responses = generate(policy, q, SHORT)
+        history.append(trainer.step(q, responses, reward_fn(responses)))
+    return history
+
+
+def test_ppo_raises_a_synthetic_reward(arch):
+    """PPO must clearly raise the share of chosen tokens (about 0.5 for the untrained policy)."""
+    kind, path = arch
+    policy = make_policy(path, kind)
+    q = queries_for(policy, 16)
+    before = _measure(policy, q)
+    history = _run_ppo(policy, 20, _even_share, learning_rate=1e-2, ppo_epochs=4, init_kl_coef=0.01, adaptive_kl=False)
+    after = _measure(policy, q)
+    assert after > before + 0.25, (before, after)
+    assert history[-1]["objective/kl"] > 0.5, "the policy moved away from the reference"
+
+
+def test_zero_reward_keeps_kl_near_zero(arch):
+    """With no score the only reward is the KL penalty: the policy stays at the reference."""
+    kind, path = arch
+    policy = make_policy(path, kind)
+    history = _run_ppo(policy, 10, lambda rs: [0.0] * len(rs), learning_rate=1e-2, ppo_epochs=4)
+    kls = [h["objective/kl"] for h in history]
+    assert max(abs(k) for k in kls) < 0.05, kls
