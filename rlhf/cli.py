@@ -79,15 +79,16 @@ def _metavar(tp: Any) -> str:
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
-    cfg = preset(args.preset)
+    return apply_overrides(preset(args.preset), args)
+
+
+def apply_overrides(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """Set every config option given on the command line (dotted names) on `cfg`."""
     for key, value in vars(args).items():
         if "." not in key and key not in ALIASES:
             continue
-        obj = cfg
         *path, leaf = key.split(".")
-        for part in path:
-            obj = getattr(obj, part)
-        setattr(obj, leaf, value)
+        setattr(_lookup(cfg, ".".join(path)) if path else cfg, leaf, value)
     return cfg
 
 
@@ -130,15 +131,7 @@ def _load_checkpoint_config(args: argparse.Namespace) -> RunConfig:
     cfg_file = ckpt / "run_config.json"
     if not cfg_file.exists():
         raise ValueError(f"{ckpt} is not a checkpoint folder (no run_config.json); pass the --out of `train`")
-    cfg = RunConfig.from_dict(json.loads(cfg_file.read_text()))
-    args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "preset"})
-    for key, value in vars(args).items():
-        if "." in key or key in ALIASES:
-            obj = cfg
-            *path, leaf = key.split(".")
-            for part in path:
-                obj = getattr(obj, part)
-            setattr(obj, leaf, value)
+    cfg = apply_overrides(RunConfig.from_dict(json.loads(cfg_file.read_text())), args)
     cfg.policy.adapter_path = str(ckpt / "adapter")
     return cfg
 

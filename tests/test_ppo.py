@@ -211,3 +211,24 @@ def test_zero_reward_keeps_kl_near_zero(arch):
     history = _run_ppo(policy, 10, lambda rs: [0.0] * len(rs), learning_rate=1e-2, ppo_epochs=4)
     kls = [h["objective/kl"] for h in history]
     assert max(abs(k) for k in kls) < 0.05, kls
+
+
+def test_step_accepts_log_probs_recorded_at_sampling_time(tiny_llama):
+    """Stored generations (human-rated ones) carry their rollout log-probs; passing them gives the same update."""
+    results = []
+    for give in (False, True):
+        policy = make_policy(tiny_llama, "llama")
+        q = queries_for(policy, 4)
+        torch.manual_seed(0)
+        responses = generate(policy, q, GEN)
+        old = None
+        if give:
+            with torch.no_grad():
+                logits, _ = policy(policy.collate(q, responses))
+                lp = logprobs_from_logits(logits, policy.collate(q, responses).responses)
+            old = [lp[i, : len(r)] for i, r in enumerate(responses)]
+        trainer = PPOTrainer(policy, PPOConfig(learning_rate=1e-2, batch_size=4, mini_batch_size=2), seed=0)
+        results.append(trainer.step(q, responses, [1.0, 0.0, 0.5, 0.2], old_logprobs=old))
+    assert results[1]["loss/total"] == pytest.approx(results[0]["loss/total"], abs=1e-6)
+    with pytest.raises(ValueError, match="old_logprobs shape"):
+        trainer.step(q, responses, [0.0] * 4, old_logprobs=[torch.zeros(1)] * 4)
