@@ -17,7 +17,7 @@ from rlhf.config import GenerationConfig, PPOConfig, exact_div
 from rlhf.models import Batch, Policy
 
 
-def truncate_after_eos(tokens: torch.Tensor, eos_ids: set[int], pad_id: int) -> torch.Tensor:
+def truncate_after_eos(tokens: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
     """Cut a generated sequence after its first EOS (kept), dropping the padding that follows."""
     for i, t in enumerate(tokens.tolist()):
         if t in eos_ids:
@@ -49,7 +49,6 @@ def generate(
     from transformers import GenerationConfig as HFGenerationConfig
     from trl.trainer.utils import pad
 
-    tok = policy.tokenizer
     eos = eos_token_ids(policy)
     hf_gen = HFGenerationConfig(
         do_sample=do_sample,
@@ -71,10 +70,7 @@ def generate(
         seqs = policy.model.generate(input_ids=ids, attention_mask=mask, generation_config=hf_gen)
         seqs = seqs[:, 1:] if policy.is_encoder_decoder else seqs[:, ids.shape[1] :]
         for row in seqs:
-            resp = truncate_after_eos(row, eos, policy.pad_token_id)
-            if len(resp) == 0:  # max_new_tokens=0 cannot happen, but keep the invariant explicit
-                resp = torch.tensor([tok.eos_token_id], device=dev)
-            out.append(resp.cpu())
+            out.append(truncate_after_eos(row, eos).cpu())
     return out
 
 
