@@ -12,7 +12,7 @@ import torch
 
 from rlhf.config import GenerationConfig
 from rlhf.models import Policy
-from rlhf.ppo import generate
+from rlhf.ppo import generate, response_logprobs
 from rlhf.prompts import Prompt
 from rlhf.scorers import RewardScorer, Scores
 
@@ -121,7 +121,6 @@ def _side(
     )
 
 
-@torch.no_grad()
 def sequence_kl(
     policy: Policy,
     queries: Sequence[torch.Tensor],
@@ -130,17 +129,10 @@ def sequence_kl(
     batch_size: int = 16,
 ) -> list[float]:
     """Per-sample sum over response tokens of log pi - log ref, for responses sampled from pi."""
-    from rlhf.core import logprobs_from_logits
-
-    out: list[float] = []
-    for start in range(0, len(queries), batch_size):
-        batch = policy.collate(queries[start : start + batch_size], responses[start : start + batch_size])
-        logits, _ = policy(batch, temperature, with_values=False)
-        with policy.reference():
-            ref_logits, _ = policy(batch, temperature, with_values=False)
-        diff = logprobs_from_logits(logits, batch.responses) - logprobs_from_logits(ref_logits, batch.responses)
-        out += (diff * batch.response_mask).sum(-1).tolist()
-    return out
+    pol = response_logprobs(policy, queries, responses, temperature, batch_size)
+    with policy.reference():
+        ref = response_logprobs(policy, queries, responses, temperature, batch_size)
+    return [sum(a) - sum(b) for a, b in zip(pol, ref, strict=True)]
 
 
 def _rewards(scored: Scores, use_logit: bool) -> list[float]:

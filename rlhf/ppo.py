@@ -74,6 +74,25 @@ def generate(
     return out
 
 
+@torch.no_grad()
+def response_logprobs(
+    policy: Policy,
+    queries: Sequence[torch.Tensor],
+    responses: Sequence[torch.Tensor],
+    temperature: float,
+    batch_size: int = 16,
+) -> list[list[float]]:
+    """Log-prob of each response token under the policy as it is now (inside `policy.reference()`: the
+    reference), one list per sample; what `PPOTrainer.step` takes as `old_logprobs` for stored samples."""
+    out: list[list[float]] = []
+    for start in range(0, len(queries), batch_size):
+        batch = policy.collate(queries[start : start + batch_size], responses[start : start + batch_size])
+        logits, _ = policy(batch, temperature, with_values=False)
+        lp = core.logprobs_from_logits(logits, batch.responses)
+        out += [row[: int(n)].tolist() for row, n in zip(lp, batch.response_mask.sum(-1), strict=True)]
+    return out
+
+
 class LengthSampler:
     """Draws the response length of each batch uniformly from [min, max] (the recipe's LengthSampler)."""
 
