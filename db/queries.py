@@ -1,0 +1,308 @@
+"""Small query functions. Each takes a keyword-only `session` and never opens or commits one itself: the
+service layer owns one transaction per user action.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, case, delete, exists, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from db.models import (
+    Annotator,
+    Comparison,
+    Generation,
+    PolicyVersion,
+    Prompt,
+    Rating,
+    Skip,
+    TrainingRound,
+    utcnow,
+)
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ---- prompts -------------------------------------------------------------------------------------------
+def existing_prompt_hashes(hashes: Iterable[str], *, session: Session) -> set[str]:
+    wanted = list(set(hashes))
+    found: set[str] = set()
+    for start in range(0, len(wanted), 500):  # stay under every back end's bound-parameter limit
+        chunk = wanted[start : start + 500]
+        found.update(session.scalars(select(Prompt.text_hash).where(Prompt.text_hash.in_(chunk))))
+    return found
+
+
+def add_prompts(rows: Sequence[dict], *, session: Session) -> None:
+    session.add_all(Prompt(**row) for row in rows)
+    session.flush()
+
+
+def count_prompts(*, session: Session, split: str | None = None) -> int:
+    q = select(func.count(Prompt.id))
+    if split is not None:
+        q = q.where(Prompt.split == split)
+    return session.scalar(q) or 0
+
+
+def prompts_for_generation(version_id: int, n: int, *, session: Session) -> list[Prompt]:
+    """Training prompts with the fewest generations by `version_id` (ties by id): spreads the pool."""
+    used = (
+        select(Generation.prompt_id, func.count(Generation.id).label("n"))
+        .where(Generation.policy_version_id == version_id)
+        .group_by(Generation.prompt_id)
+        .subquery()
+    )
+    q = (
+        select(Prompt)
+        .outerjoin(used, used.c.prompt_id == Prompt.id)
+        .where(Prompt.split == "train")
+        .order_by(func.coalesce(used.c.n, 0), Prompt.id)
+        .limit(n)
+    )
+    return list(session.scalars(q))
+
+
+def heldout_prompts(n: int, *, session: Session) -> list[Prompt]:
+    return list(session.scalars(select(Prompt).where(Prompt.split == "heldout").order_by(Prompt.id).limit(n)))
+
+
+# ---- policy versions -----------------------------------------------------------------------------------
+def current_version(*, session: Session) -> PolicyVersion | None:
+    return session.scalar(select(PolicyVersion).where(PolicyVersion.is_current.is_(True)))
+
+
+def set_current_version(version_id: int, *, session: Session) -> None:
+    session.execute(update(PolicyVersion).values(is_current=(PolicyVersion.id == version_id)))
+
+
+def list_versions(*, session: Session) -> list[PolicyVersion]:
+    return list(session.scalars(select(PolicyVersion).order_by(PolicyVersion.id)))
+
+
+# ---- annotators ----------------------------------------------------------------------------------------
+def annotator_by_name(name: str, *, session: Session) -> Annotator | None:
+    return session.scalar(select(Annotator).where(Annotator.name == name))
+
+
+# ---- generations and the queue ----------------------------------------------------------------------------
+def count_unrated(version_id: int, *, session: Session) -> int:
+    """Generations of `version_id` that nobody has rated yet."""
+    rated = exists().where(Rating.generation_id == Generation.id)
+    return (
+        session.scalar(select(func.count(Generation.id)).where(Generation.policy_version_id == version_id, ~rated)) or 0
+    )
+
+
+def queue_candidates(
+    annotator_id: int, version_id: int, now: datetime, strategy: str, limit: int, *, session: Session
+) -> list[int]:
+    """Ids of generations `annotator_id` may be given next, best first, unleased ones before leased ones.
+
+    strategy: "fewest" (fewest ratings first), "uncertain" (classifier score nearest 0.5 first), or
+    "disagreement" (largest gap between the classifier and the mean human score first).
+    """
+    stats = (
+        select(
+            Rating.generation_id.label("gid"),
+            func.count(Rating.id).label("n"),
+            func.avg(Rating.score).label("human"),
+        )
+        .group_by(Rating.generation_id)
+        .subquery()
+    )
+    n_ratings = func.coalesce(stats.c.n, 0)
+    mine = exists().where(Rating.generation_id == Generation.id, Rating.annotator_id == annotator_id)
+    skipped = exists().where(Skip.generation_id == Generation.id, Skip.annotator_id == annotator_id)
+    leased_by_other = and_(
+        Generation.leased_to.is_not(None), Generation.leased_to != annotator_id, Generation.lease_expires > now
+    )
+    order = [case((leased_by_other, 1), else_=0)]
+    if strategy == "uncertain":
+        order.append(func.abs(func.coalesce(Generation.model_score, 0.5) - 0.5))
+    elif strategy == "disagreement":
+        order.append(-func.abs(func.coalesce(stats.c.human, Generation.model_score, 0.5) - Generation.model_score))
+    elif strategy != "fewest":
+        raise ValueError(f"unknown queue strategy {strategy!r}; use fewest, uncertain or disagreement")
+    order += [n_ratings, Generation.id]
+    q = (
+        select(Generation.id)
+        .outerjoin(stats, stats.c.gid == Generation.id)
+        .where(Generation.policy_version_id == version_id, ~mine, ~skipped)
+        .order_by(*order)
+        .limit(limit)
+    )
+    return list(session.scalars(q))
+
+
+def held_lease(annotator_id: int, version_id: int, now: datetime, *, session: Session) -> int | None:
+    """The unrated, unskipped item this annotator already holds a live lease on (a reload shows it again)."""
+    mine = exists().where(Rating.generation_id == Generation.id, Rating.annotator_id == annotator_id)
+    skipped = exists().where(Skip.generation_id == Generation.id, Skip.annotator_id == annotator_id)
+    return session.scalar(
+        select(Generation.id)
+        .where(
+            Generation.policy_version_id == version_id,
+            Generation.leased_to == annotator_id,
+            Generation.lease_expires > now,
+            ~mine,
+            ~skipped,
+        )
+        .order_by(Generation.id)
+        .limit(1)
+    )
+
+
+def try_lease(generation_id: int, annotator_id: int, now: datetime, ttl: timedelta, *, session: Session) -> bool:
+    """Atomically lease an item unless another annotator holds a live lease on it (a conditional UPDATE)."""
+    res = session.execute(
+        update(Generation)
+        .where(
+            Generation.id == generation_id,
+            or_(
+                Generation.leased_to.is_(None),
+                Generation.leased_to == annotator_id,
+                Generation.lease_expires <= now,
+            ),
+        )
+        .values(leased_to=annotator_id, lease_expires=now + ttl)
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1
+
+
+def force_lease(generation_id: int, annotator_id: int, now: datetime, ttl: timedelta, *, session: Session) -> None:
+    session.execute(
+        update(Generation)
+        .where(Generation.id == generation_id)
+        .values(leased_to=annotator_id, lease_expires=now + ttl)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def release_lease(generation_id: int, annotator_id: int, *, session: Session) -> None:
+    session.execute(
+        update(Generation)
+        .where(Generation.id == generation_id, Generation.leased_to == annotator_id)
+        .values(leased_to=None, lease_expires=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def pair_candidates(annotator_id: int, version_id: int, *, session: Session, limit: int = 1) -> list[tuple[int, int]]:
+    """(a, b) generation pairs of one prompt by `version_id` that this annotator has not compared yet."""
+    a, b = Generation.__table__.alias("a"), Generation.__table__.alias("b")
+    done = exists().where(
+        Comparison.annotator_id == annotator_id,
+        Comparison.generation_a_id == a.c.id,
+        Comparison.generation_b_id == b.c.id,
+    )
+    counts = (
+        select(Comparison.generation_a_id.label("gid"), func.count(Comparison.id).label("n"))
+        .group_by(Comparison.generation_a_id)
+        .subquery()
+    )
+    q = (
+        select(a.c.id, b.c.id)
+        .join(b, and_(a.c.prompt_id == b.c.prompt_id, a.c.id < b.c.id))
+        .outerjoin(counts, counts.c.gid == a.c.id)
+        .where(a.c.policy_version_id == version_id, b.c.policy_version_id == version_id, ~done)
+        .order_by(func.coalesce(counts.c.n, 0), a.c.id, b.c.id)
+        .limit(limit)
+    )
+    return [(x, y) for x, y in session.execute(q)]
+
+
+# ---- ratings -------------------------------------------------------------------------------------------
+def rating_by_request(request_id: str, *, session: Session) -> Rating | None:
+    return session.scalar(select(Rating).where(Rating.request_id == request_id))
+
+
+def comparison_by_request(request_id: str, *, session: Session) -> Comparison | None:
+    return session.scalar(select(Comparison).where(Comparison.request_id == request_id))
+
+
+def rating_of(generation_id: int, annotator_id: int, *, session: Session) -> Rating | None:
+    return session.scalar(
+        select(Rating).where(Rating.generation_id == generation_id, Rating.annotator_id == annotator_id)
+    )
+
+
+def last_rating(annotator_id: int, *, session: Session) -> Rating | None:
+    return session.scalar(
+        select(Rating).where(Rating.annotator_id == annotator_id).order_by(Rating.created.desc(), Rating.id.desc())
+    )
+
+
+def last_comparison(annotator_id: int, *, session: Session) -> Comparison | None:
+    return session.scalar(
+        select(Comparison)
+        .where(Comparison.annotator_id == annotator_id)
+        .order_by(Comparison.created.desc(), Comparison.id.desc())
+    )
+
+
+def delete_skips(annotator_id: int, *, session: Session) -> None:
+    session.execute(delete(Skip).where(Skip.annotator_id == annotator_id))
+
+
+def human_scores(generation_ids: Sequence[int] | None = None, *, session: Session) -> dict[int, list[float]]:
+    """Per generation, every human score in [0, 1]: ratings' scores, and 1 / 0 / 0.5 for a comparison's winner /
+    loser / tie."""
+    out: dict[int, list[float]] = {}
+    rq = select(Rating.generation_id, Rating.score)
+    if generation_ids is not None:
+        rq = rq.where(Rating.generation_id.in_(list(generation_ids)))
+    for gid, score in session.execute(rq):
+        out.setdefault(gid, []).append(float(score))
+    cq = select(Comparison.generation_a_id, Comparison.generation_b_id, Comparison.winner)
+    for a, b, winner in session.execute(cq):
+        sa, sb = {"a": (1.0, 0.0), "b": (0.0, 1.0), "tie": (0.5, 0.5)}[winner]
+        for gid, s in ((a, sa), (b, sb)):
+            if generation_ids is None or gid in generation_ids:
+                out.setdefault(gid, []).append(s)
+    return out
+
+
+def ratings_table(*, session: Session) -> list[tuple[int, int, float]]:
+    """(generation_id, annotator_id, score) of every binary / scale rating."""
+    return [
+        (g, a, float(s)) for g, a, s in session.execute(select(Rating.generation_id, Rating.annotator_id, Rating.score))
+    ]
+
+
+def counts_per_annotator(*, session: Session) -> list[tuple[str, int, int]]:
+    """(name, ratings, comparisons) per annotator, by name."""
+    r = select(Rating.annotator_id, func.count(Rating.id).label("n")).group_by(Rating.annotator_id).subquery()
+    c = (
+        select(Comparison.annotator_id, func.count(Comparison.id).label("n"))
+        .group_by(Comparison.annotator_id)
+        .subquery()
+    )
+    q = (
+        select(Annotator.name, func.coalesce(r.c.n, 0), func.coalesce(c.c.n, 0))
+        .outerjoin(r, r.c.annotator_id == Annotator.id)
+        .outerjoin(c, c.c.annotator_id == Annotator.id)
+        .order_by(Annotator.name)
+    )
+    return [(name, int(n), int(m)) for name, n, m in session.execute(q)]
+
+
+# ---- training rounds -----------------------------------------------------------------------------------
+def list_rounds(*, session: Session) -> list[TrainingRound]:
+    return list(session.scalars(select(TrainingRound).order_by(TrainingRound.id.desc())))
+
+
+def mark_interrupted_rounds(*, session: Session) -> int:
+    """Rounds left queued or running by a process that died: they cannot resume, so say so."""
+    res = session.execute(
+        update(TrainingRound)
+        .where(TrainingRound.status.in_(("queued", "running")))
+        .values(status="interrupted", finished=utcnow(), error="the app stopped while this round was running")
+    )
+    return res.rowcount or 0

@@ -1,0 +1,500 @@
+"""The feedback store and labeling service, on a temporary SQLite file and, when DATABASE_URL names a PostgreSQL
+server, on a temporary database there too (CI starts one)."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import os
+import sqlite3
+import threading
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+
+import feedback.rewards
+from db.models import Comparison, Generation, Prompt, Rating
+from db.session import make_engine, make_session_factory, upgrade
+from feedback.io import ImportFileError, export_ratings, import_prompts
+from feedback.rewards import blend, krippendorff_alpha
+from feedback.service import FeedbackService
+from feedback.types import NewGeneration
+
+
+def _postgres_url() -> str | None:
+    url = os.environ.get("DATABASE_URL", "")
+    return url if url.startswith("postgresql") else None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh, empty database URL: a temp SQLite file, or a temp database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'studio.db'}"
+        return
+    server = _postgres_url()
+    if server is None:
+        pytest.skip("set DATABASE_URL=postgresql://... to run the store tests on PostgreSQL")
+    admin = make_engine(server, isolation_level="AUTOCOMMIT")
+    name = f"rlhf_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def store(db_url):
+    engine = make_engine(db_url)
+    upgrade(engine)
+    yield engine, make_session_factory(engine)
+    engine.dispose()
+
+
+def _fill(svc: FeedbackService, n_items: int, n_prompts: int | None = None) -> list[int]:
+    """n_items generations of the base version over n_prompts prompts (default: one prompt each)."""
+    from feedback.io import add_prompt_texts
+
+    n_prompts = n_prompts or n_items
+    version = svc.ensure_base_version()
+    add_prompt_texts(svc.Session, [(f"#Person1#: dialogue {i}", None) for i in range(n_prompts)], "test", "train")
+    with svc.Session.begin() as s:
+        prompt_ids = list(s.scalars(select(Prompt.id).order_by(Prompt.id)))
+    gens = [
+        NewGeneration(
+            prompt_ids[i % n_prompts],
+            f"prompt {i}",
+            f"response {i}",
+            [1, 2, 3],
+            [4, 5],
+            [-0.5, -0.25],
+            (i % 10) / 10,
+            None,
+            "t",
+        )
+        for i in range(n_items)
+    ]
+    return svc.add_generations(version.id, gens)
+
+
+# ---- concurrency -----------------------------------------------------------------------------------------------
+def test_concurrent_submits_lose_nothing_and_double_nothing(store):
+    """8 threads x 200 ratings, every 7th submit retried with its request id: exactly 1600 rows."""
+    _, Session = store
+    svc = FeedbackService(Session)
+    _fill(svc, 220)
+    errors, receipts = [], []
+
+    def annotate(k: int) -> None:
+        try:
+            a = svc.annotator(f"annotator-{k}")
+            item = svc.next_item(a.id)
+            for n in range(200):
+                rid = f"{a.id}-{n}"
+                receipt, nxt = svc.submit_and_next(a.id, item.generation_id, "binary", n % 2, request_id=rid)
+                receipts.append(receipt)
+                if n % 7 == 0:  # the client did not see the answer and sends the same submit again
+                    again = svc.submit(a.id, item.generation_id, "binary", n % 2, request_id=rid)
+                    assert again.duplicate and again.id == receipt.id
+                item = nxt
+        except Exception as err:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=annotate, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    with Session.begin() as s:
+        assert s.scalar(select(func.count(Rating.id))) == 1600
+        pairs = s.execute(select(Rating.generation_id, Rating.annotator_id)).all()
+        assert len(set(pairs)) == 1600
+        per_annotator = s.execute(select(Rating.annotator_id, func.count()).group_by(Rating.annotator_id)).all()
+        assert sorted(n for _, n in per_annotator) == [200] * 8
+    assert not any(r.duplicate for r in receipts)
+
+
+def test_two_annotators_never_get_the_same_item_while_unrated_items_remain(store):
+    _, Session = store
+    svc = FeedbackService(Session)
+    _fill(svc, 40)
+    annotators = [svc.annotator(f"a{k}") for k in range(4)]
+    held: dict[int, list[int]] = {a.id: [] for a in annotators}
+    barrier = threading.Barrier(len(annotators))
+    errors = []
+
+    def work(a) -> None:
+        try:
+            for _ in range(10):
+                barrier.wait()
+                item = svc.next_item(a.id)
+                held[a.id].append(item.generation_id)
+                barrier.wait()  # everyone holds their item at the same time here
+                svc.submit(a.id, item.generation_id, "scale", 3)
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(a,)) for a in annotators]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for turn in range(10):
+        items = [held[a.id][turn] for a in annotators]
+        assert len(set(items)) == len(items), f"turn {turn}: {items}"
+    # 40 items, 4 annotators x 10 turns, leases respected: nobody got an item someone else had rated
+    assert len({g for ids in held.values() for g in ids}) == 40
+
+
+def test_queue_orders_by_fewest_ratings_and_by_classifier_uncertainty(store):
+    _, Session = store
+    svc = FeedbackService(Session)
+    ids = _fill(svc, 10)  # model scores 0.0, 0.1, ..., 0.9
+    first, second = svc.annotator("first"), svc.annotator("second")
+    svc.submit(first.id, ids[0], "binary", 0)  # agrees with the classifier's 0.0
+    assert svc.next_item(second.id).generation_id == ids[1]  # ids[0] has a rating: the others come first
+    third = svc.annotator("third")
+    assert svc.next_item(third.id, strategy="uncertain").generation_id == ids[5]  # score 0.5
+    fourth = svc.annotator("fourth")
+    svc.submit(first.id, ids[9], "binary", 0)  # classifier 0.9, human 0.0: the largest disagreement
+    assert svc.next_item(fourth.id, strategy="disagreement").generation_id == ids[9]
+
+
+def test_skip_puts_an_item_aside_for_that_annotator_only(store):
+    _, Session = store
+    svc = FeedbackService(Session)
+    ids = _fill(svc, 3)
+    a, b = svc.annotator("a"), svc.annotator("b")
+    item = svc.next_item(a.id)
+    nxt = svc.skip(a.id, item.generation_id)
+    assert nxt.generation_id != item.generation_id
+    assert svc.next_item(b.id).generation_id == item.generation_id  # released for others
+    assert svc.progress(a.id).left_for_me == len(ids) - 1
+
+
+def test_undo_removes_only_the_annotators_own_last_rating(store):
+    _, Session = store
+    svc = FeedbackService(Session)
+    ids = _fill(svc, 5)
+    a, b = svc.annotator("a"), svc.annotator("b")
+    svc.submit(a.id, ids[0], "binary", 1)
+    svc.submit(a.id, ids[1], "binary", 0)
+    svc.submit(b.id, ids[2], "scale", 5)  # b rates after a's last rating
+    undone = svc.undo(a.id)
+    assert undone.generation_id == ids[1]
+    with Session.begin() as s:
+        left = sorted(s.execute(select(Rating.annotator_id, Rating.generation_id)).all())
+    assert left == sorted([(a.id, ids[0]), (b.id, ids[2])])
+    assert svc.next_item(a.id).generation_id == ids[1]  # the undone item comes back to a
+    assert svc.undo(a.id).generation_id == ids[0]
+    assert svc.undo(a.id) is None
+    assert svc.progress(b.id).mine == 1
+
+
+def test_pairwise_preferences_map_to_scores_and_undo(store):
+    _, Session = store
+    svc = FeedbackService(Session)
+    ids = _fill(svc, 4, n_prompts=2)  # two responses per prompt
+    a = svc.annotator("a")
+    pair = svc.next_pair(a.id)
+    assert pair.a.prompt_id == pair.b.prompt_id
+    svc.submit_comparison(a.id, pair.a.generation_id, pair.b.generation_id, "b", request_id="p1")
+    assert svc.submit_comparison(a.id, pair.a.generation_id, pair.b.generation_id, "b", request_id="p1").duplicate
+    rows = {r.generation_id: r for r in svc.preview("human")}
+    assert rows[pair.b.generation_id].human == 1.0 and rows[pair.a.generation_id].human == 0.0
+    assert svc.next_pair(a.id).prompt_id != pair.prompt_id
+    undone = svc.undo(a.id)
+    assert {undone.a.generation_id, undone.b.generation_id} == {pair.a.generation_id, pair.b.generation_id}
+    with Session.begin() as s:
+        assert s.scalar(select(func.count(Comparison.id))) == 0
+    assert len(ids) == 4
+
+
+def test_bad_ratings_are_refused_with_the_allowed_values(store):
+    _, Session = store
+    svc = FeedbackService(Session)
+    ids = _fill(svc, 1)
+    a = svc.annotator("a")
+    with pytest.raises(ValueError, match="1 to 5"):
+        svc.submit(a.id, ids[0], "scale", 7)
+    with pytest.raises(ValueError, match="0 .toxic. or 1"):
+        svc.submit(a.id, ids[0], "binary", 2)
+    svc.submit(a.id, ids[0], "binary", 1)
+    with pytest.raises(ValueError, match="already rated"):
+        svc.submit(a.id, ids[0], "binary", 0)
+
+
+# ---- rewards -------------------------------------------------------------------------------------------------
+def test_reward_doctests():
+    assert doctest.testmod(feedback.rewards).failed == 0
+
+
+def test_blend_returns_the_documented_lists():
+    model = [0.1, 0.5, 0.9, 0.4]
+    human = [1.0, None, 0.0, 0.5]
+    assert blend(model, human, "model") == [0.1, 0.5, 0.9, 0.4]
+    assert blend(model, human, "human") == [1.0, None, 0.0, 0.5]
+    assert blend(model, human, "blend", 0.5) == pytest.approx([0.55, 0.5, 0.45, 0.45])
+    assert blend(model, human, "blend", 1.0) == [1.0, 0.5, 0.0, 0.5]
+    assert blend(model, human, "blend", 0.25) == pytest.approx([0.325, 0.5, 0.675, 0.425])
+    with pytest.raises(ValueError, match="within"):
+        blend(model, human, "blend", 1.5)
+    with pytest.raises(ValueError, match="mode"):
+        blend(model, human, "mixed")
+
+
+def test_krippendorff_alpha_matches_a_hand_computation():
+    # 2 annotators, 3 items: (1, 1), (0, 0), (1, 0). D_o = 2/6, D_e = 18/30, alpha = 1 - D_o / D_e = 4/9
+    triples = [(1, 1, 1.0), (1, 2, 1.0), (2, 1, 0.0), (2, 2, 0.0), (3, 1, 1.0), (3, 2, 0.0)]
+    assert krippendorff_alpha(triples) == pytest.approx(4 / 9)
+    assert krippendorff_alpha([(1, 1, 1.0), (2, 1, 0.0)]) is None  # nobody overlaps
+
+
+def test_preview_and_ppo_samples_follow_the_mode(store):
+    _, Session = store
+    svc = FeedbackService(Session)
+    ids = _fill(svc, 4)  # model scores 0.0, 0.1, 0.2, 0.3
+    a, b = svc.annotator("a"), svc.annotator("b")
+    svc.submit(a.id, ids[1], "binary", 1)
+    svc.submit(b.id, ids[1], "scale", 2)  # mean human score of ids[1]: (1 + 0.25) / 2
+    preview = svc.preview("blend", 0.5)
+    assert [r.generation_id for r in preview] == [ids[1]]
+    assert preview[0].human == pytest.approx(0.625) and preview[0].blend == pytest.approx(0.3625)
+    human = svc.ppo_samples("human")
+    assert [(s.generation_id, s.reward) for s in human] == [(ids[1], pytest.approx(0.625))]
+    blended = svc.ppo_samples("blend", 0.5)
+    assert blended[0].generation_id == ids[1]  # rated items first
+    assert [s.reward for s in blended] == pytest.approx([0.3625, 0.0, 0.2, 0.3])
+    assert blended[0].logprobs == [-0.5, -0.25] and blended[0].response_ids == [4, 5]
+
+
+# ---- import / export -------------------------------------------------------------------------------------------
+def test_import_rejects_a_bad_file_and_writes_nothing(store, tmp_path):
+    _, Session = store
+    bad = tmp_path / "prompts.csv"
+    bad.write_text('dialogue,summary\n"#Person1#: hi",a\n"#Person1#: hello\nthere",b\n,c\n"#Person1#: ok",d\n')
+    with pytest.raises(ImportFileError, match="line 5") as err:  # the multi-line cell makes the empty one line 5
+        import_prompts(Session, bad)
+    assert err.value.errors == [("line 5", "'dialogue' must be non-empty text, got ''")]
+    bad_json = tmp_path / "prompts.jsonl"
+    bad_json.write_text('{"dialogue": "a"}\n{"dialogue": "b"\n{"text": "c"}\n')
+    with pytest.raises(ImportFileError) as err:
+        import_prompts(Session, bad_json)
+    assert [w for w, _ in err.value.errors] == ["line 2", "line 3"]
+    assert "no 'dialogue' field" in str(err.value)
+    with Session.begin() as s:
+        assert s.scalar(select(func.count(Prompt.id))) == 0
+
+
+def test_import_skips_and_counts_duplicates(store, tmp_path, dialogsum_jsonl):
+    _, Session = store
+    first = import_prompts(Session, dialogsum_jsonl)
+    assert first.added == first.rows == 500 and first.duplicates == 0
+    again = import_prompts(Session, dialogsum_jsonl)
+    assert (again.added, again.duplicates) == (0, 500)
+    import pandas as pd
+
+    rows = [json.loads(line) for line in dialogsum_jsonl.read_text().splitlines()[:3]]
+    pq = tmp_path / "p.parquet"
+    pd.DataFrame([*rows, {"dialogue": "#Person1#: new one", "summary": "s"}, rows[0]]).to_parquet(pq)
+    third = import_prompts(Session, pq)
+    assert (third.added, third.duplicates, third.rows) == (1, 4, 5)
+    with Session.begin() as s:
+        assert s.scalar(select(func.count(Prompt.id))) == 501
+        assert s.scalar(select(Prompt.reference_summary).where(Prompt.text == rows[0]["dialogue"].strip()))
+
+
+def test_export_round_trips_in_trl_shapes(store, tmp_path):
+    _, Session = store
+    svc = FeedbackService(Session)
+    ids = _fill(svc, 6, n_prompts=3)
+    a, b = svc.annotator("ann"), svc.annotator("bea")
+    svc.submit(a.id, ids[0], "binary", 0)
+    svc.submit(b.id, ids[0], "scale", 5)
+    svc.submit(a.id, ids[1], "binary", 1)
+    svc.submit_comparison(a.id, ids[0], ids[3], "b")  # ids[0] and ids[3] answer the same prompt
+    svc.submit_comparison(b.id, ids[1], ids[4], "tie")
+    expected = [
+        {
+            "prompt": "prompt 0",
+            "completion": "response 0",
+            "label": False,
+            "score": 0.0,
+            "kind": "binary",
+            "annotator": "ann",
+            "generation_id": ids[0],
+        },
+        {
+            "prompt": "prompt 0",
+            "completion": "response 0",
+            "label": True,
+            "score": 1.0,
+            "kind": "scale",
+            "annotator": "bea",
+            "generation_id": ids[0],
+        },
+        {
+            "prompt": "prompt 1",
+            "completion": "response 1",
+            "label": True,
+            "score": 1.0,
+            "kind": "binary",
+            "annotator": "ann",
+            "generation_id": ids[1],
+        },
+    ]
+    out = export_ratings(Session, tmp_path / "r.jsonl", "jsonl")
+    assert [json.loads(line) for line in out.read_text().splitlines()] == expected
+    import datasets
+    import pandas as pd
+
+    csv_rows = pd.read_csv(export_ratings(Session, tmp_path / "r.csv", "csv")).to_dict("records")
+    assert [r["completion"] for r in csv_rows] == [r["completion"] for r in expected]
+    assert [bool(r["label"]) for r in csv_rows] == [r["label"] for r in expected]
+    ds = datasets.load_from_disk(str(export_ratings(Session, tmp_path / "ds", "dataset")))
+    assert ds.to_list() == expected
+    pairs = datasets.load_from_disk(str(export_ratings(Session, tmp_path / "pairs", "dataset", shape="pairwise")))
+    assert pairs.to_list() == [
+        {"prompt": "prompt 0", "chosen": "response 3", "rejected": "response 0", "annotator": "ann"}
+    ]
+
+
+# ---- schema and migrations ---------------------------------------------------------------------------------------
+def test_models_match_the_migrations(store):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from db.models import Base
+
+    engine, _ = store
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_an_old_database_upgrades_without_losing_a_row(tmp_path):
+    """A database made at the first migration, with data, upgrades to head with every row intact."""
+    path = tmp_path / "old.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine, "0001")
+    con = sqlite3.connect(path)
+    now = "2026-01-01 00:00:00"
+    con.executescript(
+        f"""
+        INSERT INTO prompts VALUES (1, 'hello', 'h1', 'old', 'train', NULL, '{now}');
+        INSERT INTO policy_versions VALUES (1, 'v0 (base)', NULL, NULL, 1, '{now}');
+        INSERT INTO annotators VALUES (1, 'ann', '{now}');
+        INSERT INTO generations VALUES (1, 1, 1, 'q', 'r', '[1]', '[2]', '[-0.5]', 0.7, NULL, 'x', '{now}', NULL, NULL);
+        INSERT INTO ratings VALUES (1, 1, 1, 'binary', 1, 1.0, 'fine', 'req-1', '{now}');
+        INSERT INTO training_rounds VALUES (1, '{{}}', 'model', 0.0, 'done', '[]', NULL, NULL, 1, NULL, '{now}', NULL, NULL);
+        """
+    )
+    con.commit()
+    con.close()
+    upgrade(engine)
+    Session = make_session_factory(engine)
+    svc = FeedbackService(Session)
+    ann = svc.annotator("ann")
+    assert ann.role == "annotator" and ann.id == 1
+    assert svc.current_version().id == 1
+    assert svc.preview("human")[0].human == 1.0
+    assert [r.id for r in svc.rounds()] == [1]
+    with Session.begin() as s:
+        assert s.get(Generation, 1).logprobs == [-0.5]
+        assert s.get(Rating, 1).request_id == "req-1"
+    engine.dispose()
+
+
+def test_sqlite_is_opened_with_wal_busy_timeout_and_foreign_keys(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+    engine.dispose()
+
+
+def test_a_bad_database_url_says_what_shape_to_use():
+    with pytest.raises(ValueError, match="postgresql"):
+        make_engine("not a url")
+
+
+def test_passwords_and_roles(store):
+    _, Session = store
+    svc = FeedbackService(Session)
+    svc.set_password("root", "s3cret", role="admin")
+    assert svc.check_login("root", "s3cret").is_admin
+    assert svc.check_login("root", "wrong") is None
+    assert svc.check_login("nobody", "s3cret") is None
+    with Session.begin() as s:
+        stored = s.scalar(text("SELECT password_hash FROM annotators WHERE name = 'root'"))
+    assert "s3cret" not in stored
+
+
+def test_migrations_run_on_an_engine_made_without_our_helper(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'y.db'}")
+    upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+
+
+# ---- the bridge to the engine ------------------------------------------------------------------------------------
+def test_pool_refills_from_the_policy_and_rated_items_drive_a_ppo_step(store, tiny_llama, tiny_classifier):
+    """Refill asks the engine for generations of the current version; rated ones make an on-policy PPO batch whose
+    recorded log-probs are the policy's own, and a step on it changes the LoRA weights."""
+    import torch
+
+    from feedback.engine import EngineGenerator, sample_batches, step_on_samples
+    from feedback.io import add_prompt_texts
+    from rlhf.config import GenerationConfig, LoRAConfig, PolicyConfig, PPOConfig, RewardConfig, RunConfig
+    from rlhf.models import load_policy
+    from rlhf.ppo import PPOTrainer, response_logprobs
+    from rlhf.scorers import load_scorer
+
+    _, Session = store
+    cfg = RunConfig(
+        policy=PolicyConfig(
+            name_or_path=str(tiny_llama), lora=LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+        ),
+        generation=GenerationConfig(min_new_tokens=4, max_new_tokens=6, batch_size=8),
+        reward=RewardConfig(name_or_path=str(tiny_classifier)),
+        ppo=PPOConfig(batch_size=4, mini_batch_size=2, learning_rate=1e-3),
+    )
+    torch.manual_seed(0)
+    policy = load_policy(cfg.policy, device="cpu")
+    version = FeedbackService(Session).ensure_base_version()
+    svc = FeedbackService(
+        Session, EngineGenerator(policy, load_scorer(cfg.reward, "cpu"), cfg, version.id), low_water=4, refill_size=6
+    )
+    add_prompt_texts(
+        Session, [(f"#Person1#: hello {i}.\n#Person2#: I am good.", None) for i in range(10)], "t", "train"
+    )
+    assert svc.refill_if_low() == 6
+    assert svc.refill_if_low() == 0  # 6 unrated items: not low
+    ann = svc.annotator("a")
+    for value in (1, 0, 1, 1, 0):
+        item = svc.next_item(ann.id)
+        assert item.response is not None and 0.0 <= item.model_score <= 1.0
+        svc.submit(ann.id, item.generation_id, "binary", value)
+    assert svc.refill_if_low() == 6  # one unrated left: refilled
+    samples = svc.ppo_samples("human")
+    assert len(samples) == 5 and sorted(s.reward for s in samples) == [0.0, 0.0, 1.0, 1.0, 1.0]
+    # the stored log-probs are what the policy gives its own samples now (nothing trained yet)
+    again = response_logprobs(
+        policy, [torch.tensor(s.query_ids) for s in samples], [torch.tensor(s.response_ids) for s in samples], 1.0
+    )
+    for s, lp in zip(samples, again, strict=True):
+        assert s.logprobs == pytest.approx(lp, abs=1e-5)
+    lora_before = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_B" in n}
+    trainer = PPOTrainer(policy, cfg.ppo)
+    stats = step_on_samples(trainer, next(sample_batches(samples, cfg.ppo.batch_size)))
+    assert stats["objective/kl"] == pytest.approx(0.0, abs=1e-4)  # on-policy: the recorded log-probs are current
+    assert any(not torch.equal(p, lora_before[n]) for n, p in policy.named_parameters() if n in lora_before)
+    with pytest.raises(ValueError, match="fewer than the PPO batch size"):
+        next(sample_batches(samples[:3], cfg.ppo.batch_size))
