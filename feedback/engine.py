@@ -91,3 +91,109 @@ def step_on_samples(trainer, batch: Sequence[PPOSample], lock: threading.Lock | 
     old = [torch.tensor(s.logprobs, dtype=torch.float32) for s in batch]
     with lock or nullcontext():
         return trainer.step(queries, responses, [s.reward for s in batch], old_logprobs=old)
+
+
+class Engine:
+    """The loaded policy and reward classifier of the app, and the policy version the policy holds now.
+
+    Versions share one network: switching loads a version's LoRA and value-head weights into it (the base
+    version restores the weights the adapter had when loaded, an identity adapter). Everything that uses the
+    policy holds `lock`, so generation, evaluation and training never overlap.
+
+    Args:
+        cfg: the run config (policy, reward, generation, prompt template, PPO defaults).
+        policy: a loaded `rlhf.models.Policy`.
+        scorer: an `rlhf.scorers` scorer.
+        version_id: the version the policy holds as loaded (the base version, with a fresh adapter).
+    """
+
+    def __init__(self, cfg, policy, scorer, version_id: int):
+        from peft import get_peft_model_state_dict
+
+        self.cfg = cfg
+        self.policy = policy
+        self.scorer = scorer
+        self.lock = threading.RLock()
+        self._base_adapter = {k: v.detach().clone() for k, v in get_peft_model_state_dict(policy.model).items()}
+        self._base_value_head = {k: v.detach().clone() for k, v in policy.value_head.state_dict().items()}
+        self.generator = EngineGenerator(policy, scorer, cfg, version_id, self.lock)
+
+    @classmethod
+    def load(cls, cfg, version_id: int, log=print) -> Engine:
+        from rlhf.models import load_policy
+        from rlhf.scorers import load_scorer
+
+        log(f"loading policy {cfg.policy.name_or_path} ...")
+        policy = load_policy(cfg.policy, cfg.device, log=log)
+        log(f"loading reward model {cfg.reward.name_or_path} ...")
+        scorer = load_scorer(cfg.reward, cfg.device)
+        return cls(cfg, policy, scorer, version_id)
+
+    @property
+    def version_id(self) -> int:
+        return self.generator.version_id
+
+    def use_version(self, version_id: int, adapter_path: str | None) -> None:
+        """Load a version's weights into the policy (None: the base version)."""
+        from pathlib import Path
+
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        from rlhf.models import VALUE_HEAD_FILE
+
+        with self.lock:
+            if adapter_path is None:
+                adapter, head = self._base_adapter, self._base_value_head
+            else:
+                folder = Path(adapter_path)
+                weights = folder / "adapter_model.safetensors"
+                if not weights.is_file():
+                    raise ValueError(f"policy version {version_id}: {weights} is missing; roll back to another version")
+                adapter = load_file(str(weights))
+                vh = folder.parent / VALUE_HEAD_FILE
+                head = load_file(str(vh)) if vh.is_file() else self._base_value_head
+            result = set_peft_model_state_dict(self.policy.model, adapter)
+            missing_lora = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+            if missing_lora:
+                raise ValueError(
+                    f"the adapter of version {version_id} does not fit this policy (missing {missing_lora[:3]})"
+                )
+            self.policy.value_head.load_state_dict(head)
+            self.generator.version_id = version_id
+
+    def encode(self, text: str):
+        from rlhf.prompts import encode_prompt
+
+        return encode_prompt(self.policy.tokenizer, text, self.cfg.data.template, self.cfg.policy.chat_template)
+
+    def answer(self, text: str, seed: int = 0) -> tuple[str, float, str, float]:
+        """(reference response, its score, policy response, its score) to one prompt, same sampling seed."""
+        import torch
+
+        from rlhf.ppo import generate
+
+        query = [self.encode(text)]
+        with self.lock:
+            torch.manual_seed(seed)
+            with self.policy.reference():
+                ref = generate(self.policy, query, self.cfg.generation)
+            torch.manual_seed(seed)
+            pol = generate(self.policy, query, self.cfg.generation)
+        texts = [t.strip() for t in self.policy.tokenizer.batch_decode(ref + pol, skip_special_tokens=True)]
+        scores = self.scorer.score(texts)
+        return texts[0], scores[0], texts[1], scores[1]
+
+    def evaluate(self, prompts: Sequence[PromptRef], seed: int = 1234):
+        """`rlhf.evaluate.evaluate` of the policy as it is now against the reference, on these prompts."""
+        from rlhf.evaluate import evaluate
+        from rlhf.prompts import Prompt
+
+        if not prompts:
+            raise ValueError("no held-out prompts to evaluate on; import some with split 'heldout'")
+        rows = [Prompt(str(p.id), p.text, p.summary, "store") for p in prompts]
+        queries = [self.encode(p.text) for p in prompts]
+        with self.lock:
+            return evaluate(
+                self.policy, self.scorer, False, rows, queries, self.cfg.generation, seed=seed, keep_samples=len(rows)
+            )

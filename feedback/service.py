@@ -187,6 +187,22 @@ class FeedbackService:
             s.flush()
             return [r.id for r in rows]
 
+    def training_prompts(self, n: int, seed: int = 0) -> list[PromptRef]:
+        """`n` training prompts drawn at random (seeded) from the store."""
+        with self.Session.begin() as s:
+            return [PromptRef(p.id, p.text, p.reference_summary) for p in q.random_prompts("train", n, seed, session=s)]
+
+    def heldout_prompts(self, n: int) -> list[PromptRef]:
+        """The first `n` held-out prompts (always the same ones, so evaluations are comparable)."""
+        if n <= 0:
+            return []
+        with self.Session.begin() as s:
+            return [PromptRef(p.id, p.text, p.reference_summary) for p in q.heldout_prompts(n, session=s)]
+
+    def prompt_counts(self) -> dict[str, int]:
+        with self.Session.begin() as s:
+            return {split: q.count_prompts(split=split, session=s) for split in ("train", "heldout")}
+
     def unrated_count(self) -> int:
         with self.Session.begin() as s:
             cur = q.current_version(session=s)

@@ -1,0 +1,219 @@
+"""PPO rounds started from the app: one at a time, in a background thread, recorded in the store step by step.
+
+A round trains the current policy version with rewards from the chosen mode:
+
+- ``model``: each step generates a fresh batch from the policy being trained and scores it with the classifier
+  (on-policy, as `python -m rlhf train` does);
+- ``human`` / ``blend``: each step takes a batch of stored generations of the round's input version (rated ones
+  first) with their blended rewards and the log-probs recorded when they were sampled, so the importance ratio
+  is taken against the policy that really produced them.
+
+When it finishes, the adapter is saved as a new policy version that becomes current; when it fails or is
+cancelled, the weights go back to the input version, which stays current, and no rating is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from db.models import utcnow
+from feedback.engine import Engine, sample_batches, step_on_samples
+from feedback.service import FeedbackService
+from feedback.types import PPOSample, PromptRef, RoundInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    mode: str = "model"
+    weight: float = 0.5
+    steps: int = 4
+    batch_size: int = 16
+    mini_batch_size: int = 4
+    learning_rate: float = 1e-4
+    init_kl_coef: float = 0.2
+    eval_prompts: int = 16  # held-out prompts for the before / after means (0: skip)
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ValueError("a round needs at least 1 step")
+        if self.batch_size < 1 or self.batch_size % self.mini_batch_size:
+            raise ValueError(
+                f"batch size {self.batch_size} must be a positive multiple of the mini-batch size {self.mini_batch_size}"
+            )
+        if self.learning_rate <= 0:
+            raise ValueError("the learning rate must be positive")
+        if self.init_kl_coef < 0:
+            raise ValueError("the KL coefficient must be zero or positive")
+
+
+class RoundRunner:
+    """Runs one PPO round at a time in a background thread.
+
+    Args:
+        svc: the feedback service (store of rounds, versions and samples).
+        engine: the loaded models.
+        versions_dir: where each new version's adapter folder is written.
+    """
+
+    def __init__(self, svc: FeedbackService, engine: Engine, versions_dir: Path):
+        self.svc = svc
+        self.engine = engine
+        self.versions_dir = Path(versions_dir)
+        self._thread: threading.Thread | None = None
+        self._cancel = threading.Event()
+        self._guard = threading.Lock()
+        self.round_id: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, settings: RoundSettings) -> RoundInfo:
+        """Queue a round and start it; refuses while another runs, or when the reward mode has too few samples."""
+        settings.validate()
+        with self._guard:
+            if self.running:
+                raise ValueError(f"round {self.round_id} is still running; wait for it or cancel it")
+            if settings.mode != "model":
+                n = len(self.svc.ppo_samples(settings.mode, settings.weight))
+                if n < settings.batch_size:
+                    raise ValueError(
+                        f"{settings.mode} mode has {n} usable items of the current version, fewer than the batch size "
+                        f"{settings.batch_size}: rate more items, lower the batch size, or use model or blend mode"
+                    )
+            ppo = dataclasses.replace(
+                self.engine.cfg.ppo,
+                batch_size=settings.batch_size,
+                mini_batch_size=settings.mini_batch_size,
+                learning_rate=settings.learning_rate,
+                init_kl_coef=settings.init_kl_coef,
+            )
+            config = {"settings": dataclasses.asdict(settings), "ppo": dataclasses.asdict(ppo)}
+            info = self.svc.create_round(config, settings.mode, settings.weight)
+            self.round_id = info.id
+            self._cancel.clear()
+            self._thread = threading.Thread(
+                target=self._run, args=(info, settings, ppo), name=f"round-{info.id}", daemon=True
+            )
+            self._thread.start()
+            return info
+
+    def cancel(self) -> bool:
+        """Ask the running round to stop after its current step; False when none runs."""
+        if not self.running:
+            return False
+        self._cancel.set()
+        return True
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ---- the round itself ------------------------------------------------------------------------------------
+    def _run(self, info: RoundInfo, settings: RoundSettings, ppo) -> None:
+        from rlhf.ppo import PPOTrainer
+
+        svc, engine = self.svc, self.engine
+        input_version = svc.version(info.input_version_id)
+        metrics: list[dict] = []
+        staging = None
+        try:
+            svc.update_round(info.id, status="running", started=utcnow())
+            heldout = [PromptRef(p.id, p.text, p.summary) for p in svc.heldout_prompts(settings.eval_prompts)]
+            with engine.lock:
+                engine.use_version(input_version.id, input_version.adapter_path)
+                before = engine.evaluate(heldout) if heldout else None
+                trainer = PPOTrainer(engine.policy, ppo, engine.cfg.generation.temperature, seed=info.id)
+                batches = self._batches(settings, ppo.batch_size, info.id)
+                for step in range(settings.steps):
+                    if self._cancel.is_set():
+                        raise _Cancelled
+                    stats = step_on_samples(trainer, next(batches))
+                    metrics.append({k: float(v) for k, v in stats.items()})
+                    svc.update_round(info.id, metrics=list(metrics))
+                    log.info(
+                        "round %s step %s/%s: reward %.4f", info.id, step + 1, settings.steps, stats["env/reward_mean"]
+                    )
+                if self._cancel.is_set():
+                    raise _Cancelled
+                after = engine.evaluate(heldout) if heldout else None
+                evaluation = _summary(before, after)
+                number = len(svc.versions())
+                staging = self.versions_dir / f"v{number}-round{info.id}.partial"
+                final = self.versions_dir / f"v{number}-round{info.id}"
+                if staging.exists():
+                    shutil.rmtree(staging)
+                engine.policy.save(staging)
+                os.replace(staging, final)
+                staging = None
+                version = svc.finish_round(info.id, str(final / "adapter"), f"v{number}", metrics, evaluation)
+                engine.generator.version_id = version.id
+        except _Cancelled:
+            self._restore(input_version)
+            svc.update_round(info.id, status="interrupted", error="cancelled by the user", finished=utcnow())
+        except Exception as err:  # noqa: BLE001 - a failed round is recorded and the app goes on
+            log.exception("round %s failed", info.id)
+            self._restore(input_version)
+            svc.update_round(
+                info.id,
+                status="failed",
+                error=f"{type(err).__name__}: {err}\n\n{traceback.format_exc(limit=3)}",
+                finished=utcnow(),
+            )
+        finally:
+            if staging is not None and staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        svc.refill_in_background()
+
+    def _restore(self, version) -> None:
+        try:
+            self.engine.use_version(version.id, version.adapter_path)
+        except Exception:  # noqa: BLE001 - the store still names the right version; loading is retried on restart
+            log.exception("could not reload version %s after a failed round", version.id)
+
+    def _batches(self, settings: RoundSettings, batch_size: int, seed: int):
+        if settings.mode != "model":
+            yield from sample_batches(self.svc.ppo_samples(settings.mode, settings.weight), batch_size, seed)
+            return
+        # model mode: fresh samples from the policy being trained, scored by the classifier
+        while True:
+            prompts = self.svc.training_prompts(2 * batch_size, seed)  # spares for prompts too long to encode
+            seed += 1
+            gens = self.engine.generator.generate(prompts)[:batch_size]
+            if len(gens) < batch_size:
+                raise ValueError(
+                    f"only {len(gens)} training prompts fit the policy's max_query_tokens, fewer than the batch size "
+                    f"{batch_size}; import more prompts or lower the batch size"
+                )
+            yield [PPOSample(-1, g.query_ids, g.response_ids, g.logprobs, g.model_score) for g in gens]
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _summary(before, after) -> dict | None:
+    """Before = the input version, after = the new one, each on the same held-out prompts and sampling seed;
+    the relative change and KL are against the reference (the base model), as `rlhf.evaluate` reports them."""
+    if before is None or after is None:
+        return None
+    return {
+        "n_prompts": after.n_prompts,
+        "before_mean": before.policy.reward_mean,
+        "before_std": before.policy.reward_std,
+        "after_mean": after.policy.reward_mean,
+        "after_std": after.policy.reward_std,
+        "reference_mean": after.reference.reward_mean,
+        "relative_change_vs_reference": after.relative_change,
+        "relative_change_ci95": list(after.relative_change_ci95),
+        "kl_to_reference": after.kl_to_reference,
+    }

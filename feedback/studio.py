@@ -1,0 +1,213 @@
+"""What the app runs on: the store, the labeling service, the loaded models and the round runner, started in the
+background so the page is up (and says what it is doing) while the models load.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from db.session import database_url, default_data_dir, make_engine, make_session_factory, upgrade
+from feedback.io import add_prompt_texts
+from feedback.rounds import RoundRunner, RoundSettings
+from feedback.service import FeedbackService
+from feedback.types import RoundInfo, VersionInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudioOptions:
+    """Everything the app can be told (CLI flags and environment)."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    database_url: str | None = None  # default: $DATABASE_URL, else <data_dir>/studio.db
+    preset: str = "offline"
+    policy: str | None = None  # overrides the preset's policy (hub id or folder)
+    lora_targets: list[str] | None = None
+    reward: str | None = None  # overrides the preset's reward classifier
+    reward_label: str | None = None
+    prompts: str | None = None  # overrides the preset's prompt source
+    heldout: int = 64  # prompts of the default set kept for evaluation
+    pool_size: int = 16  # generations made at start-up and per refill
+    min_new_tokens: int | None = None
+    max_new_tokens: int | None = None
+    device: str = "auto"
+
+    def run_config(self):
+        from rlhf.config import preset
+
+        cfg = preset(self.preset)
+        if self.policy:
+            cfg.policy.name_or_path = self.policy
+        if self.lora_targets:
+            cfg.policy.lora.target_modules = list(self.lora_targets)
+        if self.reward:
+            cfg.reward.name_or_path = self.reward
+        if self.reward_label:
+            cfg.reward.label = self.reward_label
+        if self.prompts:
+            cfg.data.source = self.prompts
+        if self.min_new_tokens:
+            cfg.generation.min_new_tokens = self.min_new_tokens
+        if self.max_new_tokens:
+            cfg.generation.max_new_tokens = self.max_new_tokens
+        cfg.generation.min_new_tokens = min(cfg.generation.min_new_tokens, cfg.generation.max_new_tokens)
+        cfg.data.heldout_size = self.heldout
+        cfg.eval_prompts = min(cfg.eval_prompts, self.heldout)
+        cfg.device = self.device
+        cfg.validate()
+        return cfg
+
+
+class Studio:
+    """The app's services. `start()` loads the models in a background thread; `status` says how far it got."""
+
+    def __init__(self, options: StudioOptions, log_fn: Callable[[str], None] = print):
+        self.options = options
+        self.cfg = options.run_config()
+        self._log_fn = log_fn
+        self.data_dir = Path(options.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        url = options.database_url or database_url(self.data_dir)
+        self.db_engine = make_engine(url)
+        upgrade(self.db_engine)
+        self.svc = FeedbackService(make_session_factory(self.db_engine), refill_size=options.pool_size)
+        interrupted = self.svc.mark_interrupted_rounds()
+        if interrupted:
+            self.log(f"{interrupted} training round(s) were cut off when the app last stopped; marked interrupted")
+        self.svc.ensure_base_version()
+        self.engine = None
+        self.runner: RoundRunner | None = None
+        self.status = "starting"
+        self.error: str | None = None
+        self.ready = threading.Event()
+        self.started_at = time.perf_counter()
+        self._thread: threading.Thread | None = None
+
+    def log(self, message: str) -> None:
+        self.status = message
+        self._log_fn(message)
+
+    # ---- start-up -----------------------------------------------------------------------------------------
+    def start(self, background: bool = True) -> None:
+        if background:
+            self._thread = threading.Thread(target=self._start, name="studio-start", daemon=True)
+            self._thread.start()
+        else:
+            self._start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self.ready.wait(timeout)
+
+    def _start(self) -> None:
+        from feedback.engine import Engine
+
+        try:
+            self._import_default_prompts()
+            current = self.svc.current_version()
+            engine = Engine.load(self.cfg, self.svc.versions()[0].id, log=self.log)
+            if current.adapter_path is not None:
+                self.log(f"loading policy version {current.name} ...")
+                engine.use_version(current.id, current.adapter_path)
+            self.engine = engine
+            self.svc.generator = engine.generator
+            self.runner = RoundRunner(self.svc, engine, self.data_dir / "versions")
+            if self.svc.unrated_count() < self.svc.low_water:
+                self.log(f"generating a first pool of {self.options.pool_size} items ...")
+                self.svc.refill_if_low()
+                if self.svc.last_refill_error:
+                    raise RuntimeError(self.svc.last_refill_error)
+            self.log(f"ready in {time.perf_counter() - self.started_at:.0f} s")
+            self.ready.set()
+        except Exception as err:  # noqa: BLE001 - shown on the page; the store stays usable
+            log.exception("start-up failed")
+            self.error = f"{type(err).__name__}: {err}"
+            self.status = f"start-up failed: {self.error}"
+            self._log_fn(self.status)
+
+    def _import_default_prompts(self) -> None:
+        counts = self.svc.prompt_counts()
+        if counts["train"] and counts["heldout"]:
+            return
+        from rlhf.prompts import load_prompts, split_prompts
+
+        self.log(f"importing prompts from {self.cfg.data.source} ...")
+        prompts = load_prompts(self.cfg.data)
+        heldout = min(self.cfg.data.heldout_size, max(1, len(prompts) // 4))
+        train, held = split_prompts(prompts, heldout, self.cfg.data.split_seed)
+        source = self.cfg.data.source
+        add_prompt_texts(self.svc.Session, [(p.dialogue, p.summary) for p in train], source, "train")
+        add_prompt_texts(self.svc.Session, [(p.dialogue, p.summary) for p in held], source, "heldout")
+        self.log(f"imported {len(train)} training and {len(held)} held-out prompts")
+
+    # ---- what the pages call ---------------------------------------------------------------------------------
+    def require_engine(self):
+        if self.engine is None:
+            raise ValueError(self.error or f"the models are still loading ({self.status}); try again in a moment")
+        return self.engine
+
+    def _require_idle(self, what: str) -> None:
+        if self.runner is not None and self.runner.running:
+            raise ValueError(f"a training round is running; {what} when it has finished (or cancel it)")
+
+    def compare(self, version_id: int, text: str, seed: int = 0) -> tuple[str, float, str, float]:
+        """Reference and `version_id` answers to one prompt, with their classifier scores."""
+        engine = self.require_engine()
+        if not text or not text.strip():
+            raise ValueError("type a prompt or pick a held-out one")
+        self._require_idle("compare")
+        with engine.lock:
+            target = self.svc.version(version_id)
+            current = self.svc.current_version()
+            engine.use_version(target.id, target.adapter_path)
+            try:
+                return engine.answer(text.strip(), seed)
+            finally:
+                engine.use_version(current.id, current.adapter_path)
+
+    def evaluate(self, version_id: int, n: int):
+        """`rlhf.evaluate` of `version_id` against the reference on the first `n` held-out prompts."""
+        engine = self.require_engine()
+        self._require_idle("evaluate")
+        prompts = self.svc.heldout_prompts(int(n))
+        with engine.lock:
+            target = self.svc.version(version_id)
+            current = self.svc.current_version()
+            engine.use_version(target.id, target.adapter_path)
+            try:
+                return engine.evaluate(prompts)
+            finally:
+                engine.use_version(current.id, current.adapter_path)
+
+    def start_round(self, settings: RoundSettings) -> RoundInfo:
+        self.require_engine()
+        return self.runner.start(settings)
+
+    def cancel_round(self) -> bool:
+        return self.runner is not None and self.runner.cancel()
+
+    def rollback(self, version_id: int) -> VersionInfo:
+        """Make an earlier (or any) version current; new items then come from it."""
+        engine = self.require_engine()
+        self._require_idle("roll back")
+        with engine.lock:
+            target = self.svc.version(version_id)
+            engine.use_version(target.id, target.adapter_path)
+            version = self.svc.set_current(target.id)
+        self.svc.refill_in_background()
+        return version
+
+    def round_defaults(self) -> RoundSettings:
+        ppo = self.cfg.ppo
+        return RoundSettings(
+            steps=4,
+            batch_size=ppo.batch_size,
+            mini_batch_size=ppo.mini_batch_size,
+            learning_rate=ppo.learning_rate,
+            init_kl_coef=ppo.init_kl_coef,
+        )
