@@ -583,9 +583,7 @@ def _histogram(values: list[float | None]) -> pd.DataFrame:
 
 def _status_text(studio: Studio) -> str:
     if studio.error:
-        return (
-            f"⚠️ **Start-up failed**: {esc(studio.error)}. Fix the option and restart; ratings already stored are safe."
-        )
+        return f"**Start-up failed**: {esc(studio.error)}. Fix the option and restart; ratings already stored are safe."
     if not studio.ready.is_set():
         return f"Loading: {esc(studio.status)}"
     version = studio.svc.current_version()
