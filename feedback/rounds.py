@@ -172,7 +172,7 @@ class RoundRunner:
         finally:
             if staging is not None and staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
-        svc.refill_in_background()
+        svc.refill_if_low()  # new items from whichever version is current now
 
     def _restore(self, version) -> None:
         try:

@@ -1,0 +1,143 @@
+"""The app's services without the browser: start-up, PPO rounds (done, failed, cancelled), rollback, compare."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sqlalchemy import func, select
+
+from db.models import Rating
+from feedback.rounds import RoundSettings
+from feedback.studio import Studio, StudioOptions
+
+
+@pytest.fixture
+def studio(tmp_path, tiny_llama, tiny_classifier, dialogsum_jsonl):
+    options = StudioOptions(
+        data_dir=tmp_path / "data",
+        database_url=f"sqlite:///{tmp_path / 'studio.db'}",
+        policy=str(tiny_llama),
+        lora_targets=["q_proj", "v_proj"],
+        reward=str(tiny_classifier),
+        prompts=str(dialogsum_jsonl),
+        heldout=4,
+        pool_size=8,
+        max_new_tokens=5,
+        device="cpu",
+    )
+    s = Studio(options, log_fn=lambda _: None)
+    s.start(background=False)
+    assert s.ready.is_set(), s.error
+    yield s
+    if s.runner is not None:
+        s.runner.wait(60)
+    s.db_engine.dispose()
+
+
+def _lora(studio) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in studio.engine.policy.named_parameters() if "lora_" in n}
+
+
+def _rate_some(studio, n: int) -> None:
+    ann = studio.svc.annotator("rater")
+    for k in range(n):
+        item = studio.svc.next_item(ann.id)
+        studio.svc.submit(ann.id, item.generation_id, "binary", k % 2)
+
+
+def test_start_up_imports_prompts_and_fills_a_first_pool(studio):
+    counts = studio.svc.prompt_counts()
+    assert counts["heldout"] == 4 and counts["train"] > 100
+    assert studio.svc.unrated_count() == 8
+    assert studio.svc.current_version().name == "v0 (base)"
+
+
+def test_a_round_makes_a_new_current_version_and_new_items_come_from_it(studio):
+    before = _lora(studio)
+    info = studio.start_round(RoundSettings(mode="model", steps=2, batch_size=4, mini_batch_size=2, eval_prompts=4))
+    studio.runner.wait(120)
+    (done,) = studio.svc.rounds()
+    assert done.id == info.id and done.status == "done", done.error
+    assert len(done.metrics) == 2 and done.evaluation["n_prompts"] == 4
+    current = studio.svc.current_version()
+    assert current.id == done.output_version_id and current.parent_id == done.input_version_id
+    assert any(not torch.equal(p, before[n]) for n, p in _lora(studio).items())
+    assert studio.svc.unrated_count() > 0  # the round refilled the pool from the new version
+    ann = studio.svc.annotator("after")
+    assert studio.svc.next_item(ann.id).policy_version_id == current.id
+
+    # roll back to the base version: its weights come back and it is current again
+    base = studio.svc.versions()[0]
+    studio.rollback(base.id)
+    assert studio.svc.current_version().id == base.id
+    assert all(torch.equal(p, before[n]) for n, p in _lora(studio).items())
+
+
+def test_a_failed_round_leaves_the_previous_version_and_every_rating(studio, monkeypatch):
+    _rate_some(studio, 6)
+    before = _lora(studio)
+    version = studio.svc.current_version()
+
+    def broken_step(*args, **kwargs):
+        # train a little first, so the restore has something to undo
+        for p in studio.engine.policy.parameters():
+            if p.requires_grad:
+                p.data.add_(0.5)
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr("feedback.rounds.step_on_samples", broken_step)
+    studio.start_round(
+        RoundSettings(mode="blend", weight=0.5, steps=1, batch_size=4, mini_batch_size=2, eval_prompts=0)
+    )
+    studio.runner.wait(60)
+    (failed,) = studio.svc.rounds()
+    assert failed.status == "failed" and "out of memory" in failed.error
+    assert studio.svc.current_version().id == version.id
+    assert all(torch.equal(p, before[n]) for n, p in _lora(studio).items())
+    with studio.svc.Session.begin() as s:
+        assert s.scalar(select(func.count(Rating.id))) == 6
+
+
+def test_a_cancelled_round_is_interrupted_and_changes_nothing(studio):
+    version = studio.svc.current_version()
+    studio.start_round(RoundSettings(mode="model", steps=50, batch_size=4, mini_batch_size=2, eval_prompts=0))
+    assert studio.cancel_round()
+    studio.runner.wait(120)
+    (cancelled,) = studio.svc.rounds()
+    assert cancelled.status == "interrupted" and len(cancelled.metrics) < 50
+    assert studio.svc.current_version().id == version.id
+
+
+def test_human_mode_needs_enough_rated_items(studio):
+    _rate_some(studio, 2)
+    with pytest.raises(ValueError, match="rate more items"):
+        studio.start_round(RoundSettings(mode="human", steps=1, batch_size=4, mini_batch_size=2))
+    with pytest.raises(ValueError, match="multiple of the mini-batch"):
+        studio.start_round(RoundSettings(mode="model", batch_size=5, mini_batch_size=2))
+
+
+def test_compare_answers_with_the_reference_and_the_chosen_version(studio):
+    version = studio.svc.current_version()
+    ref, ref_score, pol, pol_score = studio.compare(version.id, "#Person1#: hello.\n#Person2#: hi!")
+    assert (ref, ref_score) == (pol, pol_score)  # v0 is the reference itself; same seed, same sample
+    assert 0.0 <= ref_score <= 1.0
+    with pytest.raises(ValueError, match="type a prompt"):
+        studio.compare(version.id, "  ")
+
+
+def test_a_missing_model_is_reported_and_the_store_stays_usable(tmp_path, dialogsum_jsonl):
+    options = StudioOptions(
+        data_dir=tmp_path / "data",
+        database_url=f"sqlite:///{tmp_path / 'studio.db'}",
+        policy=str(tmp_path / "no-such-model"),
+        prompts=str(dialogsum_jsonl),
+        heldout=4,
+    )
+    s = Studio(options, log_fn=lambda _: None)
+    s.start(background=False)
+    assert not s.ready.is_set()
+    assert "does not exist" in s.error and "--policy" in s.error
+    with pytest.raises(ValueError, match="does not exist"):
+        s.require_engine()
+    assert s.svc.annotator("still-works").name == "still-works"
+    s.db_engine.dispose()
