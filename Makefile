@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint format train
+.PHONY: setup app test test-fast lint format train bench-store
 
 setup: $(STAMP)
 
@@ -15,11 +15,14 @@ $(STAMP): requirements.txt requirements-embedded.txt requirements-dev.txt
 	$(BIN)/python -m pip install -q --no-deps -r requirements-embedded.txt
 	touch $(STAMP)
 
+app: setup
+	GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py $(ARGS)
+
 test: setup
 	$(BIN)/python -m pytest
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not browser"
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
@@ -29,3 +32,6 @@ format: setup
 
 train: setup
 	$(BIN)/python -m rlhf train --preset offline --steps 20 --out runs/offline-$$(date +%Y%m%d-%H%M%S)
+
+bench-store: setup
+	$(BIN)/python -m bench.feedback_store $(ARGS)
