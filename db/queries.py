@@ -68,6 +68,16 @@ def prompts_for_generation(version_id: int, n: int, *, session: Session) -> list
     return list(session.scalars(q))
 
 
+def random_prompts(split: str, n: int, seed: int, *, session: Session) -> list[Prompt]:
+    """`n` prompts of `split` drawn without replacement by a seeded RNG (the same seed, the same draw)."""
+    import random
+
+    ids = list(session.scalars(select(Prompt.id).where(Prompt.split == split).order_by(Prompt.id)))
+    chosen = random.Random(seed).sample(ids, min(n, len(ids)))
+    by_id = {p.id: p for p in session.scalars(select(Prompt).where(Prompt.id.in_(chosen)))}
+    return [by_id[i] for i in chosen]
+
+
 def heldout_prompts(n: int, *, session: Session) -> list[Prompt]:
     return list(session.scalars(select(Prompt).where(Prompt.split == "heldout").order_by(Prompt.id).limit(n)))
 
@@ -255,16 +265,17 @@ def human_scores(generation_ids: Sequence[int] | None = None, *, session: Sessio
     """Per generation, every human score in [0, 1]: ratings' scores, and 1 / 0 / 0.5 for a comparison's winner /
     loser / tie."""
     out: dict[int, list[float]] = {}
+    wanted = set(generation_ids) if generation_ids is not None else None
     rq = select(Rating.generation_id, Rating.score)
-    if generation_ids is not None:
-        rq = rq.where(Rating.generation_id.in_(list(generation_ids)))
+    if wanted is not None:
+        rq = rq.where(Rating.generation_id.in_(wanted))
     for gid, score in session.execute(rq):
         out.setdefault(gid, []).append(float(score))
     cq = select(Comparison.generation_a_id, Comparison.generation_b_id, Comparison.winner)
     for a, b, winner in session.execute(cq):
         sa, sb = {"a": (1.0, 0.0), "b": (0.0, 1.0), "tie": (0.5, 0.5)}[winner]
         for gid, s in ((a, sa), (b, sb)):
-            if generation_ids is None or gid in generation_ids:
+            if wanted is None or gid in wanted:
                 out.setdefault(gid, []).append(s)
     return out
 

@@ -36,3 +36,28 @@ def dialogsum_jsonl():
     if not path.exists():
         pytest.skip(f"{path} not found (the shared data folder sits beside the project checkout)")
     return path
+
+
+@pytest.fixture
+def tiny_studio_options(tmp_path, tiny_llama, tiny_classifier, dialogsum_jsonl):
+    """App options on the tiny models and DialogSum prompts, with a fresh SQLite store in tmp_path."""
+    from feedback.studio import StudioOptions
+
+    def make(**overrides):
+        options = StudioOptions(
+            data_dir=tmp_path / "data",
+            database_url=f"sqlite:///{tmp_path / 'studio.db'}",
+            policy=str(tiny_llama),
+            lora_targets=["q_proj", "v_proj"],
+            reward=str(tiny_classifier),
+            prompts=str(dialogsum_jsonl),
+            heldout=4,
+            pool_size=8,
+            max_new_tokens=5,
+            device="cpu",
+        )
+        for key, value in overrides.items():
+            setattr(options, key, value)
+        return options
+
+    return make

@@ -16,15 +16,6 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 XSS_PROMPT = '#Person1#: look <img src=x onerror="window.__xss=1"> here\n#Person2#: <script>window.__xss=2</script> ok.'
 XSS_RESPONSE = '<img src=x onerror="window.__xss=3"><b>bold?</b>'
 
@@ -45,6 +36,8 @@ def chromium():
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
+    from bench.app_latency import CHROMIUM_ARGS
+
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
@@ -59,26 +52,15 @@ def artifacts() -> Path:
 
 
 @pytest.fixture
-def studio_url(tmp_path, tiny_llama, tiny_classifier, dialogsum_jsonl):
+def studio_url(tiny_studio_options):
     """The app on tiny models, with an admin account and an injected HTML prompt + response in the pool."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from app import add_users, launch
     from feedback.io import add_prompt_texts
-    from feedback.studio import Studio, StudioOptions
+    from feedback.studio import Studio
     from feedback.types import NewGeneration
 
-    options = StudioOptions(
-        data_dir=tmp_path / "data",
-        database_url=f"sqlite:///{tmp_path / 'studio.db'}",
-        policy=str(tiny_llama),
-        lora_targets=["q_proj", "v_proj"],
-        reward=str(tiny_classifier),
-        prompts=str(dialogsum_jsonl),
-        heldout=8,
-        pool_size=8,
-        max_new_tokens=6,
-        device="cpu",
-    )
+    options = tiny_studio_options(heldout=8, max_new_tokens=6)
     studio = Studio(options, log_fn=lambda _: None)
     add_prompt_texts(studio.svc.Session, [(XSS_PROMPT, None)], "xss", "train")
     studio.svc.add_generations(

@@ -8,23 +8,12 @@ from sqlalchemy import func, select
 
 from db.models import Rating
 from feedback.rounds import RoundSettings
-from feedback.studio import Studio, StudioOptions
+from feedback.studio import Studio
 
 
 @pytest.fixture
-def studio(tmp_path, tiny_llama, tiny_classifier, dialogsum_jsonl):
-    options = StudioOptions(
-        data_dir=tmp_path / "data",
-        database_url=f"sqlite:///{tmp_path / 'studio.db'}",
-        policy=str(tiny_llama),
-        lora_targets=["q_proj", "v_proj"],
-        reward=str(tiny_classifier),
-        prompts=str(dialogsum_jsonl),
-        heldout=4,
-        pool_size=8,
-        max_new_tokens=5,
-        device="cpu",
-    )
+def studio(tiny_studio_options):
+    options = tiny_studio_options()
     s = Studio(options, log_fn=lambda _: None)
     s.start(background=False)
     assert s.ready.is_set(), s.error
@@ -125,14 +114,8 @@ def test_compare_answers_with_the_reference_and_the_chosen_version(studio):
         studio.compare(version.id, "  ")
 
 
-def test_a_missing_model_is_reported_and_the_store_stays_usable(tmp_path, dialogsum_jsonl):
-    options = StudioOptions(
-        data_dir=tmp_path / "data",
-        database_url=f"sqlite:///{tmp_path / 'studio.db'}",
-        policy=str(tmp_path / "no-such-model"),
-        prompts=str(dialogsum_jsonl),
-        heldout=4,
-    )
+def test_a_missing_model_is_reported_and_the_store_stays_usable(tmp_path, tiny_studio_options):
+    options = tiny_studio_options(policy=str(tmp_path / "no-such-model"))
     s = Studio(options, log_fn=lambda _: None)
     s.start(background=False)
     assert not s.ready.is_set()
