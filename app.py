@@ -282,6 +282,9 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
                 counts = gr.Dataframe(label="Ratings per annotator", interactive=False)
                 agreement = gr.Markdown()
                 b_refresh = gr.Button("Refresh", size="sm")
+                with gr.Row():
+                    doomed = gr.Textbox(label="Annotator whose ratings to delete (admin)", elem_id="delete-name")
+                    b_delete = gr.Button("Delete their ratings", variant="stop", elem_id="delete-ratings")
 
         label_outputs = [
             state,
@@ -540,6 +543,14 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
             )
             return table, text
 
+        @_errors_to_page
+        def delete_ratings(st, who_name):
+            require_admin(st)
+            n = svc.delete_ratings_of(who_name)
+            gr.Info(f"Deleted {n} ratings and comparisons.")
+            return data_view()
+
+        b_delete.click(delete_ratings, [state, doomed], [counts, agreement])
         b_import.click(do_import, [state, upload, text_col, split], [import_result])
         b_export.click(do_export, [state, shape, fmt], [export_file])
         b_refresh.click(data_view, None, [counts, agreement])

@@ -257,8 +257,12 @@ def last_comparison(annotator_id: int, *, session: Session) -> Comparison | None
     )
 
 
-def delete_skips(annotator_id: int, *, session: Session) -> None:
+def delete_judgements_of(annotator_id: int, *, session: Session) -> int:
+    """Delete an annotator's ratings, comparisons and skips; returns the ratings and comparisons deleted."""
+    n = session.execute(delete(Rating).where(Rating.annotator_id == annotator_id)).rowcount or 0
+    n += session.execute(delete(Comparison).where(Comparison.annotator_id == annotator_id)).rowcount or 0
     session.execute(delete(Skip).where(Skip.annotator_id == annotator_id))
+    return n
 
 
 def human_scores(generation_ids: Sequence[int] | None = None, *, session: Session) -> dict[int, list[float]]:

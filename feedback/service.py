@@ -424,6 +424,14 @@ class FeedbackService:
                     raise
         raise AssertionError("unreachable")
 
+    def delete_ratings_of(self, name: str) -> int:
+        """Delete every rating and comparison of one annotator (e.g. a spammer); returns how many went."""
+        with self.Session.begin() as s:
+            a = q.annotator_by_name(name.strip(), session=s)
+            if a is None:
+                raise ValueError(f"no annotator called {name!r}")
+            return q.delete_judgements_of(a.id, session=s)
+
     def progress(self, annotator_id: int) -> Progress:
         with self.Session.begin() as s:
             cur = q.current_version(session=s)

@@ -197,6 +197,21 @@ def test_undo_removes_only_the_annotators_own_last_rating(store):
     assert svc.progress(b.id).mine == 1
 
 
+def test_deleting_an_annotators_ratings_keeps_everyone_elses(store):
+    _, Session = store
+    svc = FeedbackService(Session)
+    ids = _fill(svc, 4, n_prompts=2)
+    a, b = svc.annotator("spam"), svc.annotator("good")
+    svc.submit(a.id, ids[0], "binary", 0)
+    svc.submit(a.id, ids[1], "binary", 0)
+    svc.submit_comparison(a.id, ids[0], ids[2], "a")
+    svc.submit(b.id, ids[0], "binary", 1)
+    assert svc.delete_ratings_of("spam") == 3
+    assert svc.counts_per_annotator() == [("good", 1, 0), ("spam", 0, 0)]
+    with pytest.raises(ValueError, match="no annotator"):
+        svc.delete_ratings_of("nobody")
+
+
 def test_pairwise_preferences_map_to_scores_and_undo(store):
     _, Session = store
     svc = FeedbackService(Session)
