@@ -447,8 +447,18 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
         b_start.click(start_round, [state, mode, weight, steps, batch, lr, kl, n_eval], round_outputs)
         b_cancel.click(cancel_round, [state], round_outputs)
         b_rollback.click(rollback, [state, version_pick], [*round_outputs, version_pick, cmp_version])
+
+        def round_tick(seen):
+            """Redraw only when a round moved on: re-sending the same plot every second makes it flicker."""
+            rounds = svc.rounds()
+            key = tuple((r.id, r.status, len(r.metrics)) for r in rounds[:1]) + (len(rounds),)
+            if key == seen:
+                return (seen, *[gr.skip()] * len(round_outputs))
+            return (key, *_round_view(studio))
+
+        round_seen = gr.State(None)
         round_timer = gr.Timer(1.0)
-        round_timer.tick(lambda: _round_view(studio), None, round_outputs)
+        round_timer.tick(round_tick, [round_seen], [round_seen, *round_outputs])
 
         # ---- Compare callbacks ---------------------------------------------------------------------------------
         @_errors_to_page
@@ -640,6 +650,8 @@ def _round_view(studio: Studio):
         ],
         columns=["step", "metric", "value"],
     )
+    # an empty frame would leave the plot unable to draw later data (seen with gradio 6.31): send None instead
+    plot = plot.astype({"step": "int64", "value": "float64"}) if len(plot) else None
     history = pd.DataFrame(
         [
             {
