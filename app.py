@@ -134,7 +134,7 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
             if not studio.ready.is_set():
                 note = f"Loading: {studio.status}"
             prompt = note
-            svc.refill_in_background()
+            svc.refill_in_background(pairs=kind == "pairwise")
         p = svc.progress(state.annotator_id) if state.annotator_id else None
         version = svc.current_version()
         progress = (

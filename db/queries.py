@@ -68,6 +68,18 @@ def prompts_for_generation(version_id: int, n: int, *, session: Session) -> list
     return list(session.scalars(q))
 
 
+def prompts_with_one_generation(version_id: int, n: int, *, session: Session) -> list[Prompt]:
+    """Prompts answered exactly once by `version_id`, newest answer first: a second answer makes a pair."""
+    per_prompt = (
+        select(Generation.prompt_id, func.count(Generation.id).label("n"), func.max(Generation.id).label("last"))
+        .where(Generation.policy_version_id == version_id)
+        .group_by(Generation.prompt_id)
+        .subquery()
+    )
+    q = select(Prompt).join(per_prompt, per_prompt.c.prompt_id == Prompt.id).where(per_prompt.c.n == 1)
+    return list(session.scalars(q.order_by(per_prompt.c.last.desc()).limit(n)))
+
+
 def random_prompts(split: str, n: int, seed: int, *, session: Session) -> list[Prompt]:
     """`n` prompts of `split` drawn without replacement by a seeded RNG (the same seed, the same draw)."""
     import random

@@ -208,9 +208,11 @@ class FeedbackService:
             cur = q.current_version(session=s)
             return 0 if cur is None else q.count_unrated(cur.id, session=s)
 
-    def refill_if_low(self) -> int:
+    def refill_if_low(self, pairs: bool = False) -> int:
         """Ask the generator for `refill_size` new items when fewer than `low_water` unrated ones remain.
 
+        With `pairs`, instead give a second response to prompts that have only one from the current version,
+        so pairwise raters have something to compare (asked for when someone finds no pair left).
         Returns how many were added (0 when not low, when another refill is running, or with no generator).
         Generation runs outside any transaction: labeling goes on while the engine works.
         """
@@ -221,12 +223,13 @@ class FeedbackService:
                 cur = q.current_version(session=s)
                 if cur is None or cur.id != self.generator.version_id:
                     return 0  # the engine still holds another version; the app swaps it first
-                if q.count_unrated(cur.id, session=s) >= self.low_water:
+                if pairs:
+                    chosen = q.prompts_with_one_generation(cur.id, max(1, self.refill_size // 2), session=s)
+                elif q.count_unrated(cur.id, session=s) < self.low_water:
+                    chosen = q.prompts_for_generation(cur.id, self.refill_size, session=s)
+                else:
                     return 0
-                prompts = [
-                    PromptRef(p.id, p.text, p.reference_summary)
-                    for p in q.prompts_for_generation(cur.id, self.refill_size, session=s)
-                ]
+                prompts = [PromptRef(p.id, p.text, p.reference_summary) for p in chosen]
                 version_id = cur.id
             if not prompts:
                 return 0
@@ -241,13 +244,15 @@ class FeedbackService:
         finally:
             self._refill_lock.release()
 
-    def refill_in_background(self, on_done: Callable[[int], None] | None = None) -> threading.Thread | None:
+    def refill_in_background(
+        self, on_done: Callable[[int], None] | None = None, pairs: bool = False
+    ) -> threading.Thread | None:
         """`refill_if_low` in a daemon thread (None when a refill is already running)."""
         if self.generator is None or self._refill_lock.locked():
             return None
 
         def work() -> None:
-            added = self.refill_if_low()
+            added = self.refill_if_low(pairs=pairs)
             if on_done is not None:
                 on_done(added)
 

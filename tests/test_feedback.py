@@ -488,7 +488,7 @@ def test_pool_refills_from_the_policy_and_rated_items_drive_a_ppo_step(store, ti
         Session, EngineGenerator(policy, load_scorer(cfg.reward, "cpu"), cfg, version.id), low_water=4, refill_size=6
     )
     add_prompt_texts(
-        Session, [(f"#Person1#: hello {i}.\n#Person2#: I am good.", None) for i in range(10)], "t", "train"
+        Session, [(f"#Person1#: hello {i}.\n#Person2#: I am good.", None) for i in range(20)], "t", "train"
     )
     assert svc.refill_if_low() == 6
     assert svc.refill_if_low() == 0  # 6 unrated items: not low
@@ -498,6 +498,10 @@ def test_pool_refills_from_the_policy_and_rated_items_drive_a_ppo_step(store, ti
         assert item.response is not None and 0.0 <= item.model_score <= 1.0
         svc.submit(ann.id, item.generation_id, "binary", value)
     assert svc.refill_if_low() == 6  # one unrated left: refilled
+    assert svc.next_pair(ann.id) is None  # one response per prompt so far: nothing to compare
+    assert svc.refill_if_low(pairs=True) == 3  # a second response to three prompts
+    pair = svc.next_pair(ann.id)
+    assert pair.a.prompt_id == pair.b.prompt_id and pair.a.generation_id != pair.b.generation_id
     samples = svc.ppo_samples("human")
     assert len(samples) == 5 and sorted(s.reward for s in samples) == [0.0, 0.0, 1.0, 1.0, 1.0]
     # the stored log-probs are what the policy gives its own samples now (nothing trained yet)
