@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup app test test-fast lint format train bench-store
+.PHONY: setup app test test-fast lint format train bench bench-quick bench-store
 
 setup: $(STAMP)
 
@@ -32,6 +32,12 @@ format: setup
 
 train: setup
 	$(BIN)/python -m rlhf train --preset offline --steps 20 --out runs/offline-$$(date +%Y%m%d-%H%M%S)
+
+bench: setup
+	$(BIN)/python -m bench --out BENCHMARKS.md $(ARGS)
+
+bench-quick: setup
+	$(BIN)/python -m bench --quick --out runs/BENCHMARKS-quick.md $(ARGS)
 
 bench-store: setup
 	$(BIN)/python -m bench.feedback_store $(ARGS)

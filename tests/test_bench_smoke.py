@@ -1,0 +1,91 @@
+"""The benchmark's smallest `--quick` case (tiny T5, our side only), so bench/ cannot rot unnoticed.
+
+It never creates the trl 0.11.4 venv and downloads nothing; the full comparison is `python -m bench`.
+"""
+
+import json
+import math
+import random
+
+import pytest
+
+from bench.annotator import SimulatedAnnotator, stars_to_score
+from bench.report import render
+from bench.run import main
+from rlhf.scorers import Scores
+
+
+class FixedScorer:
+    name = "fixed"
+
+    def __init__(self, probs):
+        self.probs = probs
+
+    def score(self, texts):
+        return self.probs[: len(texts)]
+
+    def score_batch(self, texts):
+        return Scores(self.score(texts), None)
+
+
+def test_simulated_annotator_follows_the_classifier_with_noise():
+    clean, toxic = FixedScorer([1.0] * 200), FixedScorer([0.0] * 200)
+    texts = ["x"] * 200
+    assert set(SimulatedAnnotator(clean, noise=0.0).rate(texts)) == {5}
+    assert set(SimulatedAnnotator(toxic, noise=0.0).rate(texts)) == {1}
+    noisy = SimulatedAnnotator(FixedScorer([0.5] * 200), noise=0.15, seed=3).score(texts)
+    assert len(set(noisy)) > 1 and all(0.0 <= s <= 1.0 for s in noisy)
+    assert abs(sum(noisy) / len(noisy) - 0.5) < 0.05
+    assert noisy == SimulatedAnnotator(FixedScorer([0.5] * 200), noise=0.15, seed=3).score(texts)
+    assert [stars_to_score(s) for s in (1, 2, 5)] == [0.0, 0.25, 1.0]
+
+
+def test_quick_smallest_case_measures_a_real_step(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHF_STUDIO_CACHE", str(tmp_path / "cache"))  # nothing may land in the real cache
+    out = tmp_path / "BENCH.md"
+    argv = ["--quick", "--only", "step", "--models", "tiny-t5", "--no-trl", "--reps", "2"]
+    assert main([*argv, "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
+
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert results["complete"]
+    assert not (tmp_path / "cache").exists()  # no trl venv was created
+    ours = results["step"]["tiny-t5"]["ours"]
+    assert set(results["step"]["tiny-t5"]) == {"ours"}
+    assert len(ours["times"]) == 2
+    assert all(math.isfinite(t) and t > 0 for t in ours["times"])
+    assert ours["median_s"] == pytest.approx(sum(ours["times"]) / 2)  # the median of two is their mean
+    assert 0 < ours["rss_after_load_mb"] <= ours["peak_rss_mb"] < 16_000
+    assert results["peak"]["flops"] > 1e8
+    assert ours["threads"] >= 1
+
+    report = out.read_text()
+    assert report == render(results)
+    assert "| tiny-t5 | " in report
+    assert f"{ours['median_s']:.3f}" in report
+    assert results["machine"]["cpu"] in report and results["machine"]["date"] in report
+    assert "## 1. PPO step: ours vs trl 0.11.4" in report
+    assert "Partial run" not in report
+
+
+def test_report_computes_targets_from_the_figures():
+    rng = random.Random(0)
+    side = {"times": [1.0], "threads": 2, "rss_after_load_mb": 100.0}
+    results = {
+        "suite": {"name": "default", "reps": 5, "round_model": "smollm2", "round_steps": 20, "eval_prompts": 64},
+        "command": "python -m bench",
+        "machine": {"date": "d", "cpu": "c", "cores": 2, "python": "3", "torch": "t", "transformers": "x", "peft": "p"}
+        | {"loadavg_start": [0.0, 0.0, 0.0]},
+        "load_notes": [],
+        "complete": True,
+        "step": {
+            "smollm2": {
+                "ours": side | {"median_s": 6.0, "peak_rss_mb": 1000.0, "rollout_forward_median_s": 2.0},
+                "trl_none": side | {"median_s": 10.0, "peak_rss_mb": 1200.0},
+                "trl_copy": side | {"median_s": 9.0, "peak_rss_mb": 1300.0 + rng.random()},
+            }
+        },
+    }
+    report = render(results)
+    assert "6.00 s vs 9.00 s = 0.67x | met" in report  # compared with trl's faster variant
+    assert "= 0.77x | missed" in report  # memory: 1000 / ~1300 > 0.7
+    assert "Missed targets" in report
