@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
+from bench.run import cpu_model
 from db.session import make_engine, make_session_factory, upgrade
 from feedback.io import add_prompt_texts
 from feedback.service import FeedbackService
@@ -124,14 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--postgres", default=os.environ.get("DATABASE_URL", ""), help="PostgreSQL server URL")
     args = p.parse_args(argv)
     levels = [int(x) for x in args.annotators.split(",")]
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     print(f"# feedback store benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, {cpu}")
     print(f"# pool {args.items} generations, {args.ratings} ratings per annotator, submit_and_next per rating\n")
     print("| back end | annotators | ratings | wall s | ratings/s | p50 ms | p95 ms |")
