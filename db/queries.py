@@ -121,6 +121,17 @@ def count_unrated(version_id: int, *, session: Session) -> int:
     )
 
 
+def _open_for(annotator_id: int, version_id: int) -> tuple:
+    """Conditions of the generations of `version_id` this annotator has neither rated nor skipped."""
+    mine = exists().where(Rating.generation_id == Generation.id, Rating.annotator_id == annotator_id)
+    skipped = exists().where(Skip.generation_id == Generation.id, Skip.annotator_id == annotator_id)
+    return Generation.policy_version_id == version_id, ~mine, ~skipped
+
+
+def count_open_for(annotator_id: int, version_id: int, *, session: Session) -> int:
+    return session.scalar(select(func.count(Generation.id)).where(*_open_for(annotator_id, version_id))) or 0
+
+
 def queue_candidates(
     annotator_id: int, version_id: int, now: datetime, strategy: str, limit: int, *, session: Session
 ) -> list[int]:
@@ -139,8 +150,6 @@ def queue_candidates(
         .subquery()
     )
     n_ratings = func.coalesce(stats.c.n, 0)
-    mine = exists().where(Rating.generation_id == Generation.id, Rating.annotator_id == annotator_id)
-    skipped = exists().where(Skip.generation_id == Generation.id, Skip.annotator_id == annotator_id)
     leased_by_other = and_(
         Generation.leased_to.is_not(None), Generation.leased_to != annotator_id, Generation.lease_expires > now
     )
@@ -155,7 +164,7 @@ def queue_candidates(
     q = (
         select(Generation.id)
         .outerjoin(stats, stats.c.gid == Generation.id)
-        .where(Generation.policy_version_id == version_id, ~mine, ~skipped)
+        .where(*_open_for(annotator_id, version_id))
         .order_by(*order)
         .limit(limit)
     )
@@ -164,16 +173,10 @@ def queue_candidates(
 
 def held_lease(annotator_id: int, version_id: int, now: datetime, *, session: Session) -> int | None:
     """The unrated, unskipped item this annotator already holds a live lease on (a reload shows it again)."""
-    mine = exists().where(Rating.generation_id == Generation.id, Rating.annotator_id == annotator_id)
-    skipped = exists().where(Skip.generation_id == Generation.id, Skip.annotator_id == annotator_id)
     return session.scalar(
         select(Generation.id)
         .where(
-            Generation.policy_version_id == version_id,
-            Generation.leased_to == annotator_id,
-            Generation.lease_expires > now,
-            ~mine,
-            ~skipped,
+            *_open_for(annotator_id, version_id), Generation.leased_to == annotator_id, Generation.lease_expires > now
         )
         .order_by(Generation.id)
         .limit(1)
@@ -277,23 +280,21 @@ def delete_judgements_of(annotator_id: int, *, session: Session) -> int:
     return n
 
 
-def human_scores(generation_ids: Sequence[int] | None = None, *, session: Session) -> dict[int, list[float]]:
-    """Per generation, every human score in [0, 1]: ratings' scores, and 1 / 0 / 0.5 for a comparison's winner /
-    loser / tie."""
+def rating_scores(generation_ids: Sequence[int] | None = None, *, session: Session) -> dict[int, list[float]]:
+    """Per generation, the scores in [0, 1] of its binary / 1-5 ratings."""
     out: dict[int, list[float]] = {}
-    wanted = set(generation_ids) if generation_ids is not None else None
     rq = select(Rating.generation_id, Rating.score)
-    if wanted is not None:
-        rq = rq.where(Rating.generation_id.in_(wanted))
+    if generation_ids is not None:
+        rq = rq.where(Rating.generation_id.in_(set(generation_ids)))
     for gid, score in session.execute(rq):
         out.setdefault(gid, []).append(float(score))
-    cq = select(Comparison.generation_a_id, Comparison.generation_b_id, Comparison.winner)
-    for a, b, winner in session.execute(cq):
-        sa, sb = {"a": (1.0, 0.0), "b": (0.0, 1.0), "tie": (0.5, 0.5)}[winner]
-        for gid, s in ((a, sa), (b, sb)):
-            if wanted is None or gid in wanted:
-                out.setdefault(gid, []).append(s)
     return out
+
+
+def comparison_outcomes(*, session: Session) -> list[tuple[int, int, str]]:
+    """(generation_a_id, generation_b_id, winner) of every pairwise comparison."""
+    q = select(Comparison.generation_a_id, Comparison.generation_b_id, Comparison.winner)
+    return [(a, b, w) for a, b, w in session.execute(q)]
 
 
 def ratings_table(*, session: Session) -> list[tuple[int, int, float]]:

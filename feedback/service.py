@@ -447,7 +447,7 @@ class FeedbackService:
                 return Progress(0, 0, mine, 0)
             total = s.scalar(select(func.count(Generation.id)).where(Generation.policy_version_id == cur.id)) or 0
             unrated = q.count_unrated(cur.id, session=s)
-            left = len(q.queue_candidates(annotator_id, cur.id, utcnow(), "fewest", limit=1_000_000, session=s))
+            left = q.count_open_for(annotator_id, cur.id, session=s)
             return Progress(total - unrated, total, mine, left)
 
     # ---- rewards ------------------------------------------------------------------------------------------
@@ -458,7 +458,7 @@ class FeedbackService:
             cur = q.current_version(session=s)
             if cur is None:
                 return []
-            humans = q.human_scores(session=s)
+            humans = _human_scores(s)
             gens = [
                 g
                 for g in s.scalars(
@@ -508,7 +508,7 @@ class FeedbackService:
             gens = list(
                 s.scalars(select(Generation).where(Generation.policy_version_id == vid).order_by(Generation.id))
             )
-            humans = q.human_scores([g.id for g in gens], session=s)
+            humans = _human_scores(s, [g.id for g in gens])
             human = [mean_or_none(humans.get(g.id, [])) for g in gens]
             rewards = blend([g.model_score for g in gens], human, mode, weight)
             out = [
@@ -571,6 +571,17 @@ class FeedbackService:
     def mark_interrupted_rounds(self) -> int:
         with self.Session.begin() as s:
             return q.mark_interrupted_rounds(session=s)
+
+
+def _human_scores(s: Session, generation_ids: Sequence[int] | None = None) -> dict[int, list[float]]:
+    """Per generation, every human score in [0, 1]: its ratings' scores and its comparisons' outcomes."""
+    out = q.rating_scores(generation_ids, session=s)
+    wanted = set(generation_ids) if generation_ids is not None else None
+    for a, b, winner in q.comparison_outcomes(session=s):
+        for gid, score in zip((a, b), comparison_scores(winner), strict=True):
+            if wanted is None or gid in wanted:
+                out.setdefault(gid, []).append(score)
+    return out
 
 
 # ---- ORM row -> plain object ---------------------------------------------------------------------------------
