@@ -33,7 +33,7 @@ class EngineGenerator:
         self.lock = lock
 
     def generate(self, prompts: Sequence[PromptRef]) -> list[NewGeneration]:
-        from rlhf.ppo import generate, response_logprobs
+        from rlhf.ppo import rollout
         from rlhf.prompts import encode_prompt, format_prompt
 
         cfg = self.cfg
@@ -47,8 +47,8 @@ class EngineGenerator:
             return []
         queries = [ids for _, ids in kept]
         with self.lock or nullcontext():
-            responses = generate(self.policy, queries, cfg.generation)
-            logprobs = response_logprobs(self.policy, queries, responses, cfg.generation.temperature)
+            sampled = rollout(self.policy, queries, cfg.generation)
+        responses, logprobs = sampled.responses, [lp.tolist() for lp in sampled.logprobs]
         texts = [t.strip() for t in tok.batch_decode(responses, skip_special_tokens=True)]
         scored = self.scorer.score_batch(texts)
         return [

@@ -98,7 +98,13 @@ class PPOConfig:
     use_score_norm: bool = _f(False, "With score scaling, also subtract the running mean.")
     score_clip: float | None = _f(None, "Clip scores to [-score_clip, score_clip] after scaling.")
     ratio_threshold: float = _f(10.0, "Skip a mini-batch whose mean ratio exceeds this (guards against blow-ups).")
-    forward_batch_size: int = _f(16, "Samples per no-grad forward pass at rollout time.")
+    forward_batch_size: int = _f(4, "Samples per no-grad forward pass at rollout time (grouped by length).")
+    micro_batch_size: int | None = _f(
+        1,
+        "Samples per forward/backward pass inside a mini-batch; their gradients are summed into the mini-batch's "
+        "update, which stays exactly the one the whole mini-batch would give. Smaller uses less memory and pads "
+        "less; none = the whole mini-batch at once.",
+    )
 
 
 @dataclass

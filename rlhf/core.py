@@ -199,7 +199,7 @@ def ppo_loss(
             "policy/ratio_mean": avg_ratio,
             "policy/advantages_mean": masked_mean(advantages, mask).item(),
             "returns/mean": masked_mean(returns, mask).item(),
-            "returns/var": masked_var(returns, mask).item(),
+            "returns/var": masked_var(returns, mask).item() if mask.sum() > 1 else 0.0,
             "val/vpred": masked_mean(vpreds, mask).item(),
             "val/error": masked_mean((vpreds - returns) ** 2, mask).item(),
             "val/clipfrac": vf_clipfrac.item(),

@@ -12,7 +12,7 @@ import torch
 
 from rlhf.config import GenerationConfig
 from rlhf.models import Policy
-from rlhf.ppo import generate, response_logprobs
+from rlhf.ppo import generate, response_logprobs, rollout
 from rlhf.prompts import Prompt
 from rlhf.scorers import RewardScorer, Scores
 
@@ -127,12 +127,29 @@ def sequence_kl(
     responses: Sequence[torch.Tensor],
     temperature: float,
     batch_size: int = 16,
+    policy_logprobs: Sequence[torch.Tensor] | None = None,
 ) -> list[float]:
-    """Per-sample sum over response tokens of log pi - log ref, for responses sampled from pi."""
-    pol = response_logprobs(policy, queries, responses, temperature, batch_size)
+    """Per-sample sum over response tokens of log pi - log ref, for responses sampled from pi.
+
+    `policy_logprobs` (recorded while sampling, see `rlhf.ppo.rollout`) spare the policy's forward pass.
+    """
+    if policy_logprobs is None:
+        pol = [sum(lp) for lp in response_logprobs(policy, queries, responses, temperature, batch_size)]
+    else:
+        pol = [float(lp.sum()) for lp in policy_logprobs]
     with policy.reference():
         ref = response_logprobs(policy, queries, responses, temperature, batch_size)
-    return [sum(a) - sum(b) for a, b in zip(pol, ref, strict=True)]
+    return [a - sum(b) for a, b in zip(pol, ref, strict=True)]
+
+
+def sample_reference(
+    policy: Policy, queries: Sequence[torch.Tensor], gen: GenerationConfig, seed: int = 1234
+) -> list[torch.Tensor]:
+    """The reference's responses as `evaluate` samples them; the reference never changes, so one set serves
+    every evaluation of the same prompts, seed and sampling settings (pass it as `reference_responses`)."""
+    torch.manual_seed(seed)
+    with policy.reference():
+        return generate(policy, queries, gen)
 
 
 def _rewards(scored: Scores, use_logit: bool) -> list[float]:
@@ -148,16 +165,21 @@ def evaluate(
     gen: GenerationConfig,
     seed: int = 1234,
     keep_samples: int = 8,
+    reference_responses: Sequence[torch.Tensor] | None = None,
 ) -> Evaluation:
-    """Sample the reference and the policy on the same prompts with the same seed, score responses alone."""
+    """Sample the reference and the policy on the same prompts with the same seed, score responses alone.
+
+    `reference_responses`: what `sample_reference` returned for these prompts, seed and settings (sampled here
+    when not given).
+    """
+    if reference_responses is None:
+        reference_responses = sample_reference(policy, queries, gen, seed)
+    elif len(reference_responses) != len(queries):
+        raise ValueError(f"{len(reference_responses)} reference responses for {len(queries)} prompts")
+    torch.manual_seed(seed)
+    sampled = rollout(policy, queries, gen)
     sides = {}
-    for name in ("reference", "policy"):
-        torch.manual_seed(seed)
-        if name == "reference":
-            with policy.reference():
-                responses = generate(policy, queries, gen)
-        else:
-            responses = generate(policy, queries, gen)
+    for name, responses in (("reference", list(reference_responses)), ("policy", sampled.responses)):
         texts = policy.tokenizer.batch_decode(responses, skip_special_tokens=True)
         sides[name] = (responses, [t.strip() for t in texts])
     summaries = [p.summary for p in prompts]
@@ -168,7 +190,7 @@ def evaluate(
     }
     ref_r, pol_r = (_rewards(scored[k], use_logit) for k in ("reference", "policy"))
     ref_t, pol_t = ([1.0 - x for x in scored[k].scores] for k in ("reference", "policy"))
-    kls = sequence_kl(policy, queries, sides["policy"][0], gen.temperature)
+    kls = sequence_kl(policy, queries, sampled.responses, gen.temperature, policy_logprobs=sampled.logprobs)
     samples = [
         {
             "prompt_id": p.id,

@@ -6,9 +6,11 @@ can drive an update. The maths lives in `rlhf.core`.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -34,6 +36,20 @@ def eos_token_ids(policy: Policy) -> set[int]:
     return ids
 
 
+@dataclass
+class Rollout:
+    """Sampled responses with what the policy computed while sampling them.
+
+    logprobs[i][t] is log pi(response_i[t]) at the sampling temperature and values[i][t] the value head on the
+    hidden state that predicted that token: exactly what `PPOTrainer.step` would otherwise recompute with a
+    second forward pass (`old_logprobs`, `old_values`).
+    """
+
+    responses: list[torch.Tensor]
+    logprobs: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+
 @torch.no_grad()
 def generate(
     policy: Policy,
@@ -46,6 +62,25 @@ def generate(
 
     Seq2seq outputs start with the decoder start token, which is not part of the response.
     """
+    return _generate(policy, queries, gen, max_new_tokens, do_sample, with_stats=False).responses
+
+
+@torch.no_grad()
+def rollout(
+    policy: Policy, queries: Sequence[torch.Tensor], gen: GenerationConfig, max_new_tokens: int | None = None
+) -> Rollout:
+    """`generate` (sampling), keeping each response token's log-prob and value from the sampling passes."""
+    return _generate(policy, queries, gen, max_new_tokens, do_sample=True, with_stats=True)
+
+
+def _generate(
+    policy: Policy,
+    queries: Sequence[torch.Tensor],
+    gen: GenerationConfig,
+    max_new_tokens: int | None,
+    do_sample: bool,
+    with_stats: bool,
+) -> Rollout:
     from transformers import GenerationConfig as HFGenerationConfig
     from trl.trainer.utils import pad
 
@@ -59,18 +94,38 @@ def generate(
         pad_token_id=policy.pad_token_id,
         eos_token_id=sorted(eos),
         decoder_start_token_id=getattr(policy.model.config, "decoder_start_token_id", None),
+        return_dict_in_generate=with_stats,
+        output_logits=with_stats,
+        output_hidden_states=with_stats,
     )
-    out: list[torch.Tensor] = []
+    out = Rollout([], [], [])
     dev = policy.device
     for start in range(0, len(queries), gen.batch_size):
         chunk = [q.to(dev) for q in queries[start : start + gen.batch_size]]
         side = "right" if policy.is_encoder_decoder else "left"
         ids = pad(chunk, padding_value=policy.pad_token_id, padding_side=side)
         mask = pad([torch.ones_like(q) for q in chunk], padding_value=0, padding_side=side)
-        seqs = policy.model.generate(input_ids=ids, attention_mask=mask, generation_config=hf_gen)
+        result = policy.model.generate(input_ids=ids, attention_mask=mask, generation_config=hf_gen)
+        seqs = result.sequences if with_stats else result
         seqs = seqs[:, 1:] if policy.is_encoder_decoder else seqs[:, ids.shape[1] :]
-        for row in seqs:
-            out.append(truncate_after_eos(row, eos).cpu())
+        responses = [truncate_after_eos(row, eos) for row in seqs]
+        out.responses += [r.cpu() for r in responses]
+        if with_stats:
+            # step k's logits predict new token k; its last hidden state (decoder side) at the last position
+            # is the one that made them, which is where the value head reads.
+            lps = torch.stack(
+                [
+                    core.logprobs_from_logits(step_logits[:, None].float() / gen.temperature, seqs[:, k, None])[:, 0]
+                    for k, step_logits in enumerate(result.logits)
+                ],
+                dim=1,
+            )  # (B, steps), one step's vocabulary at a time
+            steps = result.decoder_hidden_states if policy.is_encoder_decoder else result.hidden_states
+            hidden = torch.stack([layers[-1][:, -1] for layers in steps], dim=1)  # (B, steps, H)
+            values = policy.value_head(hidden)
+            for i, r in enumerate(responses):
+                out.logprobs.append(lps[i, : len(r)].cpu())
+                out.values.append(values[i, : len(r)].cpu())
     return out
 
 
@@ -118,6 +173,11 @@ class PPOTrainer:
         self.cfg = cfg
         self.temperature = temperature
         self.n_minibatches = exact_div(cfg.batch_size, cfg.mini_batch_size, "ppo.batch_size / ppo.mini_batch_size")
+        if cfg.micro_batch_size is not None and cfg.micro_batch_size < 1:
+            raise ValueError(
+                f"ppo.micro_batch_size must be at least 1 (or none for the whole mini-batch), got {cfg.micro_batch_size}"
+            )
+        self.micro_batch_size = min(cfg.micro_batch_size or cfg.mini_batch_size, cfg.mini_batch_size)
         self.optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=cfg.learning_rate)
         self.kl_ctl = (
             core.AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.horizon)
@@ -130,22 +190,30 @@ class PPOTrainer:
 
     # ---- rollout-time forward passes (no grad) ----------------------------------------------------------
     @torch.no_grad()
-    def _rollout_forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> policy log-probs, values, reference log-probs; each (B, T)."""
-        n = batch.responses.shape[0]
-        logps, values, ref_logps = [], [], []
-        for start in range(0, n, self.cfg.forward_batch_size):
-            idx = torch.arange(start, min(n, start + self.cfg.forward_batch_size))
+    def _rollout_forward(
+        self, batch: Batch, policy_pass: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> policy log-probs, values, reference log-probs; each (B, T) (the first two zeros without
+        `policy_pass`, when the caller has them from sampling).
+
+        Samples go through in chunks of `forward_batch_size`, grouped by length so a chunk pads little.
+        """
+        B, T = batch.responses.shape
+        logps = torch.zeros(B, T, device=batch.responses.device)
+        values, ref_logps = torch.zeros_like(logps), torch.zeros_like(logps)
+        order = torch.argsort(batch.attention_mask.sum(-1) + batch.response_mask.sum(-1), stable=True)
+        for idx in order.split(self.cfg.forward_batch_size):
             sub = batch.select(idx)
-            T = batch.responses.shape[1]
-            logits, v = self.policy(sub, self.temperature)
+            t = sub.responses.shape[1]
+            if policy_pass:
+                logits, v = self.policy(sub, self.temperature)
+                logps[idx, :t] = core.logprobs_from_logits(logits, sub.responses)
+                values[idx, :t] = v
+                del logits
             with self.policy.reference():
                 ref_logits, _ = self.policy(sub, self.temperature, with_values=False)
-            pad_to = T - sub.responses.shape[1]
-            logps.append(_pad_right(core.logprobs_from_logits(logits, sub.responses), pad_to))
-            ref_logps.append(_pad_right(core.logprobs_from_logits(ref_logits, sub.responses), pad_to))
-            values.append(_pad_right(v, pad_to))
-        return torch.cat(logps), torch.cat(values), torch.cat(ref_logps)
+            ref_logps[idx, :t] = core.logprobs_from_logits(ref_logits, sub.responses)
+        return logps, values, ref_logps
 
     def _process_scores(self, scores: torch.Tensor) -> torch.Tensor:
         if self.cfg.use_score_scaling:
@@ -163,6 +231,7 @@ class PPOTrainer:
         responses: Sequence[torch.Tensor],
         scores: Sequence[float] | torch.Tensor,
         old_logprobs: Sequence[torch.Tensor] | None = None,
+        old_values: Sequence[torch.Tensor] | None = None,
     ) -> dict[str, float]:
         """One PPO step on `batch_size` scored samples; returns the step's statistics.
 
@@ -171,6 +240,8 @@ class PPOTrainer:
             responses: response token ids (as sampled from the current policy), one 1-D tensor each.
             scores: one scalar reward per sample (classifier, human or blended).
             old_logprobs: log-probs recorded when the responses were sampled; recomputed when not given.
+            old_values: the value head's outputs recorded then (see `rollout`); with both given, the policy's
+                rollout-time forward pass is skipped and only the reference runs.
         """
         t0 = time.perf_counter()
         B = self.cfg.batch_size
@@ -189,14 +260,13 @@ class PPOTrainer:
         mask = batch.response_mask
 
         # ---- rollout statistics: fixed for the whole step -----------------------------------------------
-        logprobs, values, ref_logprobs = self._rollout_forward(batch)
+        logprobs, values, ref_logprobs = self._rollout_forward(
+            batch, policy_pass=old_logprobs is None or old_values is None
+        )
         if old_logprobs is not None:
-            from trl.trainer.utils import pad
-
-            given = pad([lp.to(dev).float() for lp in old_logprobs], padding_value=0.0, padding_side="right")
-            if given.shape != logprobs.shape:
-                raise ValueError(f"old_logprobs shape {tuple(given.shape)} != responses {tuple(logprobs.shape)}")
-            logprobs = given
+            logprobs = _recorded(old_logprobs, logprobs, "old_logprobs")
+        if old_values is not None:
+            values = _recorded(old_values, values, "old_values")
         rewards, non_score, kl = core.compute_rewards(
             scores_t, logprobs, ref_logprobs, mask, self.kl_ctl.value, self.cfg.kl_penalty
         )
@@ -211,31 +281,13 @@ class PPOTrainer:
             perm = torch.randperm(B, generator=self.generator)
             for k in range(self.n_minibatches):
                 idx = perm[k * self.cfg.mini_batch_size : (k + 1) * self.cfg.mini_batch_size].to(dev)
-                sub = batch.select(idx)
-                T = sub.responses.shape[1]
-                logits, vpreds = self.policy(sub, self.temperature)
-                new_logprobs = core.logprobs_from_logits(logits, sub.responses)
-                out = core.ppo_loss(
-                    logprobs[idx, :T],
-                    values[idx, :T],
-                    logits,
-                    vpreds,
-                    new_logprobs,
-                    sub.response_mask,
-                    advantages[idx, :T],
-                    returns[idx, :T],
-                    cliprange=self.cfg.cliprange,
-                    cliprange_value=self.cfg.cliprange_value,
-                    vf_coef=self.cfg.vf_coef,
-                    ratio_threshold=self.cfg.ratio_threshold,
-                )
                 self.optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
+                stats = self._accumulate_gradients(batch, idx, logprobs, values, advantages, returns)
                 if self.cfg.max_grad_norm is not None:
                     gn = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.cfg.max_grad_norm)
-                    out.stats["policy/grad_norm"] = float(gn)
+                    stats["policy/grad_norm"] = float(gn)
                 self.optimizer.step()
-                mb_stats.append(out.stats)
+                mb_stats.append(stats)
 
         # ---- bookkeeping ------------------------------------------------------------------------------
         mean_kl = (kl * mask).sum(-1).mean().item()
@@ -259,6 +311,64 @@ class PPOTrainer:
         )
         return stats
 
+    def _accumulate_gradients(
+        self,
+        batch: Batch,
+        idx: torch.Tensor,
+        logprobs: torch.Tensor,
+        values: torch.Tensor,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+    ) -> dict[str, float]:
+        """Gradients of one mini-batch's PPO loss, summed over micro-batches; returns the mini-batch's stats.
 
-def _pad_right(x: torch.Tensor, n: int, value: float = 0.0) -> torch.Tensor:
-    return torch.nn.functional.pad(x, (0, n), value=value) if n > 0 else x
+        The loss is a masked mean over the mini-batch's response tokens, so each micro-batch's loss is weighted
+        by its share of those tokens: the summed gradient equals the whole mini-batch's, in less memory. The
+        stats combine the same way (all are token means except the returns' variance, taken over the whole
+        mini-batch). The ratio guard is decided on the mini-batch as a whole, as in trl 0.11.4: past
+        `ratio_threshold` the gradients are zeroed (the optimiser still steps, as trl's multiplied-by-zero loss).
+        """
+        mask = batch.response_mask
+        n_tokens = mask[idx].sum().item()
+        stats: dict[str, float] = {}
+        for micro in idx.split(self.micro_batch_size):
+            sub = batch.select(micro)
+            T = sub.responses.shape[1]
+            logits, vpreds = self.policy(sub, self.temperature)
+            new_logprobs = core.logprobs_from_logits(logits, sub.responses)
+            out = core.ppo_loss(
+                logprobs[micro, :T],
+                values[micro, :T],
+                logits,
+                vpreds,
+                new_logprobs,
+                sub.response_mask,
+                advantages[micro, :T],
+                returns[micro, :T],
+                cliprange=self.cfg.cliprange,
+                cliprange_value=self.cfg.cliprange_value,
+                vf_coef=self.cfg.vf_coef,
+                ratio_threshold=math.inf,
+            )
+            share = sub.response_mask.sum().item() / n_tokens
+            (out.loss * share).backward()
+            for key, value in out.stats.items():
+                stats[key] = stats.get(key, 0.0) + value * share
+        stats["returns/var"] = core.masked_var(returns[idx], mask[idx]).item() if n_tokens > 1 else 0.0
+        if stats["policy/ratio_mean"] > self.cfg.ratio_threshold:
+            # The mini-batch drifted too far from the rollout policy: learn nothing from it.
+            for p in self.policy.trainable_parameters():
+                if p.grad is not None:
+                    p.grad.zero_()
+            stats.update({"loss/policy": 0.0, "loss/value": 0.0, "loss/total": 0.0})
+        return stats
+
+
+def _recorded(rows: Sequence[torch.Tensor], like: torch.Tensor, name: str) -> torch.Tensor:
+    """Per-token figures recorded at sampling time, right-padded to the batch's (B, T) like `like`."""
+    from trl.trainer.utils import pad
+
+    given = pad([torch.as_tensor(r).to(like.device).float() for r in rows], padding_value=0.0, padding_side="right")
+    if given.shape != like.shape:
+        raise ValueError(f"{name} shape {tuple(given.shape)} != responses {tuple(like.shape)}")
+    return given

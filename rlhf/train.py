@@ -17,7 +17,7 @@ import torch
 from rlhf.config import RunConfig
 from rlhf.evaluate import Evaluation, evaluate
 from rlhf.models import Policy, load_policy
-from rlhf.ppo import LengthSampler, PPOTrainer, generate
+from rlhf.ppo import LengthSampler, PPOTrainer, rollout
 from rlhf.prompts import Prompt, encode_prompt, load_prompts, split_prompts
 from rlhf.scorers import RewardScorer, load_scorer, reward_fn
 
@@ -157,11 +157,13 @@ def train(
         timing: dict = {}
         _, queries = next(data)
         with _timer(timing, "time/generate_s"):
-            responses = generate(run.policy, queries, cfg.generation, max_new_tokens=lengths())
-        texts = run.decode(responses)
+            sampled = rollout(run.policy, queries, cfg.generation, max_new_tokens=lengths())
+        texts = run.decode(sampled.responses)
         with _timer(timing, "time/score_s"):
             scores = run.score_fn(texts)
-        stats = trainer.step(queries, responses, scores)
+        stats = trainer.step(
+            queries, sampled.responses, scores, old_logprobs=sampled.logprobs, old_values=sampled.values
+        )
         stats.update(timing)
         history.append(stats)
         bar.set_postfix(
@@ -174,7 +176,9 @@ def train(
     return history
 
 
-def evaluate_run(run: Run, n: int | None = None) -> Evaluation:
+def evaluate_run(
+    run: Run, n: int | None = None, reference_responses: Sequence[torch.Tensor] | None = None
+) -> Evaluation:
     n = run.cfg.eval_prompts if n is None else n
     return evaluate(
         run.policy,
@@ -184,4 +188,5 @@ def evaluate_run(run: Run, n: int | None = None) -> Evaluation:
         run.heldout_queries[:n],
         run.cfg.generation,
         seed=run.cfg.eval_seed,
+        reference_responses=reference_responses,
     )

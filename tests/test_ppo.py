@@ -6,7 +6,7 @@ import torch
 from rlhf.config import GenerationConfig, LoRAConfig, PolicyConfig, PPOConfig
 from rlhf.core import logprobs_from_logits
 from rlhf.models import load_policy
-from rlhf.ppo import PPOTrainer, generate
+from rlhf.ppo import PPOTrainer, generate, rollout
 from rlhf.prompts import encode_prompt
 
 TARGETS = {
@@ -232,3 +232,85 @@ def test_step_accepts_log_probs_recorded_at_sampling_time(tiny_llama):
     assert results[1]["loss/total"] == pytest.approx(results[0]["loss/total"], abs=1e-6)
     with pytest.raises(ValueError, match="old_logprobs shape"):
         trainer.step(q, responses, [0.0] * 4, old_logprobs=[torch.zeros(1)] * 4)
+
+
+def _step_with_micro_batches(path, kind, micro, **ppo):
+    policy = make_policy(path, kind)
+    q = queries_for(policy, 4)
+    # different lengths, one of a single token: micro-batches pad differently and weigh their tokens differently
+    responses = [
+        torch.tensor([5, 6, 7, 8, 9, 10]),
+        torch.tensor([11]),
+        torch.tensor([12, 13, 14]),
+        torch.tensor([7, 8]),
+    ]
+    cfg = PPOConfig(batch_size=4, mini_batch_size=4, micro_batch_size=micro, max_grad_norm=None, **ppo)
+    trainer = PPOTrainer(policy, cfg, seed=0)
+    # plain SGD: the new weights are linear in the gradient (Adam's first steps would hide its scale)
+    trainer.optimizer = torch.optim.SGD(policy.trainable_parameters(), lr=0.5)
+    stats = [trainer.step(q, responses, [1.0, -1.0, 0.5, 0.2]) for _ in range(2)]
+    return {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}, stats
+
+
+@pytest.mark.parametrize("micro", [1, 3])
+def test_micro_batches_give_the_whole_mini_batch_update(arch, micro):
+    """Summing token-weighted micro-batch gradients is the mini-batch's gradient: same weights, same stats."""
+    kind, path = arch
+    whole, whole_stats = _step_with_micro_batches(path, kind, None)
+    split, split_stats = _step_with_micro_batches(path, kind, micro)
+    for name, value in whole.items():
+        torch.testing.assert_close(split[name], value, atol=1e-6, rtol=1e-5, msg=name)
+    for a, b in zip(whole_stats, split_stats, strict=True):
+        assert a.keys() == b.keys()
+        for key in (k for k in a if not k.startswith("time/")):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+
+
+def test_ratio_guard_judges_the_whole_mini_batch(tiny_llama):
+    """Past ratio_threshold nothing is learnt from the mini-batch, however it is split (as trl 0.11.4)."""
+    before = {n: p.detach().clone() for n, p in make_policy(tiny_llama, "llama").named_parameters() if p.requires_grad}
+    for micro in (1, None):
+        after, stats = _step_with_micro_batches(tiny_llama, "llama", micro, ratio_threshold=0.5)
+        assert all(torch.equal(after[n], before[n]) for n in before)
+        assert all(s["loss/total"] == 0.0 and s["policy/ratio_mean"] == pytest.approx(1.0) for s in stats)
+    with pytest.raises(ValueError, match="micro_batch_size must be at least 1"):
+        PPOTrainer(make_policy(tiny_llama, "llama"), PPOConfig(batch_size=4, mini_batch_size=2, micro_batch_size=0))
+
+
+def test_rollout_records_the_log_probs_and_values_a_forward_pass_computes(arch):
+    kind, path = arch
+    policy = make_policy(path, kind)
+    torch.nn.init.normal_(policy.value_head.summary.weight)  # zero-initialised heads would agree trivially
+    q = queries_for(policy, 4)
+    torch.manual_seed(0)
+    ro = rollout(policy, q, GenerationConfig(min_new_tokens=2, max_new_tokens=12, batch_size=3))
+    torch.manual_seed(0)
+    assert [r.tolist() for r in ro.responses] == [
+        r.tolist() for r in generate(policy, q, GenerationConfig(min_new_tokens=2, max_new_tokens=12, batch_size=3))
+    ]
+    batch = policy.collate(q, ro.responses)
+    with torch.no_grad():
+        logits, values = policy(batch)
+    want_lp = logprobs_from_logits(logits, batch.responses)
+    for i, r in enumerate(ro.responses):
+        assert len(ro.logprobs[i]) == len(ro.values[i]) == len(r)
+        torch.testing.assert_close(ro.logprobs[i], want_lp[i, : len(r)], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ro.values[i], values[i, : len(r)], atol=1e-4, rtol=1e-4)
+
+
+def test_step_on_a_rollout_skips_nothing_but_the_recomputation(tiny_llama):
+    """Recorded log-probs and values give the update that recomputing them gives."""
+    results = []
+    for recorded in (False, True):
+        policy = make_policy(tiny_llama, "llama")
+        torch.nn.init.normal_(policy.value_head.summary.weight)
+        q = queries_for(policy, 4)
+        torch.manual_seed(0)
+        ro = rollout(policy, q, GEN)
+        trainer = PPOTrainer(policy, PPOConfig(learning_rate=1e-2, batch_size=4, mini_batch_size=2), seed=0)
+        extra = {"old_logprobs": ro.logprobs, "old_values": ro.values} if recorded else {}
+        results.append(trainer.step(q, ro.responses, [1.0, 0.0, 0.5, 0.2], **extra))
+    for key in ("loss/total", "loss/value", "val/mean", "objective/kl", "returns/mean"):
+        assert results[1][key] == pytest.approx(results[0][key], abs=1e-4), key
+    with pytest.raises(ValueError, match="old_values shape"):
+        trainer.step(q, ro.responses, [0.0] * 4, old_logprobs=ro.logprobs, old_values=[torch.zeros(1)] * 4)
