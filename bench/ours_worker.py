@@ -102,7 +102,7 @@ def load_step(model: str, lora_targets: list[str], data: str, seed: int = 0) -> 
         trainer=PPOTrainer(policy, cfg.ppo, cfg.generation.temperature, seed=seed),
         triplets=torch.load(Path(data) / "triplets.pt"),
     )
-    return {"load_s": time.perf_counter() - t0, "torch_threads": torch.get_num_threads()}
+    return {"load_s": time.perf_counter() - t0, "torch_threads": torch.get_num_threads(), "ppo": vars(cfg.ppo)}
 
 
 def step() -> dict:
@@ -221,19 +221,28 @@ def rollout(
 
 
 def detox(
-    model: str, lora_targets: list[str], mode: str, steps: int, eval_prompts: int, seed: int = 0, noise: float = 0.15
+    model: str,
+    lora_targets: list[str],
+    mode: str,
+    steps: int,
+    eval_prompts: int,
+    seed: int = 0,
+    noise: float = 0.15,
+    reference_file: str | None = None,
 ) -> dict:
     """A whole round (generate, score, update) for `steps` steps, then the held-out evaluation.
 
     mode "model" rewards with the classifier's margin (the offline preset); mode "human" with a simulated
     annotator's 1-5 star ratings, mapped to [0, 1]. Evaluation always uses the classifier, so the two tables
-    measure the same thing.
+    measure the same thing. `reference_file` holds the reference's held-out responses: read when it exists
+    (same model, prompts and seed: the reference is the untrained network), else sampled and written.
     """
     import dataclasses
 
     import torch
 
     from bench.annotator import SimulatedAnnotator
+    from rlhf.evaluate import sample_reference
     from rlhf.train import evaluate_run, load_run, train
 
     t_load = time.perf_counter()
@@ -252,7 +261,16 @@ def detox(
     history = train(train_run, steps=steps, progress=False)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ev = evaluate_run(run)
+    ref_path = Path(reference_file) if reference_file else None
+    reference_shared = ref_path is not None and ref_path.exists()
+    if reference_shared:
+        reference = torch.load(ref_path)
+    else:
+        n = cfg.eval_prompts
+        reference = sample_reference(run.policy, run.heldout_queries[:n], cfg.generation, cfg.eval_seed)
+        if ref_path is not None:
+            torch.save(reference, ref_path)
+    ev = evaluate_run(run, reference_responses=reference)
     eval_s = time.perf_counter() - t0
 
     def phase(key: str) -> float:
@@ -267,6 +285,7 @@ def detox(
         "score_s": phase("time/score_s"),
         "update_s": phase("time/step_s"),
         "eval_s": eval_s,
+        "reference_shared": reference_shared,
         "train_reward_first": history[0]["env/reward_mean"],
         "train_reward_last": history[-1]["env/reward_mean"],
         "train_kl_last": history[-1]["objective/kl"],

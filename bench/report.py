@@ -167,6 +167,8 @@ def _step(results: dict) -> list[str]:
         "trl `ref=None` uses the PEFT model with its adapter disabled as reference; trl `copy` passes "
         "`create_reference_model(model)` (a frozen deep copy).",
         "",
+        _execution(step),
+        "",
         "| model | ours s/step | trl ref=None s/step | trl copy s/step | ours / trl ref=None | ours / trl copy "
         "| ours peak MB (after load) | trl ref=None peak MB (after load) | trl copy peak MB (after load) "
         "| mem ours / trl copy | mem ours / trl ref=None |",
@@ -207,6 +209,23 @@ def _step(results: dict) -> list[str]:
     return out + [""]
 
 
+def _execution(step: dict) -> str:
+    """How each side runs a step's passes: the settings that differ in execution but not in the update."""
+    ours = next((r["ours"].get("ppo") for r in step.values() if r["ours"].get("ppo")), None)
+    if not ours:
+        return "Ours ran with the engine's default execution settings."
+    micro = ours.get("micro_batch_size") or ours["mini_batch_size"]
+    return (
+        f"Execution (not the update): ours splits each mini-batch of {ours['mini_batch_size']} into micro-batches "
+        f"of {micro} (`ppo.micro_batch_size`) whose token-weighted gradients add up to the mini-batch's own "
+        "(tests/test_ppo.py checks the weights agree), and runs the no-grad rollout passes "
+        f"{ours['forward_batch_size']} samples at a time, grouped by length (`ppo.forward_batch_size`). trl 0.11.4 "
+        f"runs its mini-batch of {ours['mini_batch_size']} in one pass (`gradient_accumulation_steps` 1) and its "
+        f"rollout passes {ours['mini_batch_size']} samples at a time in batch order (`batched_forward_pass` uses "
+        "`mini_batch_size`)."
+    )
+
+
 def _round(results: dict) -> list[str]:
     trl, ours = results.get("round_trl"), _get(results, "detox", "model")
     if not trl and not ours:
@@ -219,7 +238,9 @@ def _round(results: dict) -> list[str]:
         "and per-batch response lengths on both sides), reward = the alt-profanity-check margin, sampling with "
         "temperature 1 and no top-k/top-p. Ours is `rlhf.train.train` (the detox run's training in section 3); "
         "trl's is its own `generate` + `step` loop with `ref_model=None` on the PEFT model. One round each "
-        f"(its total is a sum of {results['suite']['round_steps']} step measurements).",
+        f"(its total is a sum of {results['suite']['round_steps']} step measurements). Ours keeps the log-probs "
+        "and values the policy computed while sampling (`rlhf.ppo.rollout`), so its update runs only the "
+        "reference's no-grad pass before the mini-batches; trl 0.11.4's `step` recomputes both.",
         "",
         "| side | round wall s | generate s | score s | update s | train reward first -> last step |",
         "|---|---|---|---|---|---|",
@@ -291,6 +312,12 @@ def _detox(results: dict) -> list[str]:
             f"| {ev['kl_to_reference']:.3f} | {r['train_s']:.0f} | {r['eval_s']:.0f} | {r['peak_rss_mb']:.0f} |"
         )
     out += ["", "Reward = the classifier margin of 'not offensive' (higher = less toxic) in both rows."]
+    shared = [mode for mode, r in det.items() if r.get("reference_shared")]
+    if shared:
+        out.append(
+            f"The reference's held-out responses were sampled once, by the first run, and read by {', '.join(shared)} "
+            "(the reference is the untrained network, with the same prompts and seed): its eval s leaves them out."
+        )
     return out + [""]
 
 

@@ -192,6 +192,7 @@ class Bench:
     # ---- setup ----------------------------------------------------------------------------------------------
     def setup(self) -> None:
         s = self.suite
+        self.reference_file().unlink(missing_ok=True)  # sampled afresh by this run's first detox evaluation
         tiny = sorted({m for m in s.step_models + s.rollout_models + [s.round_model] if m.startswith("tiny")})
         need_data = [m for m in s.step_models if "step" in s.sections or "mfu" in s.sections]
         if "round" in s.sections and s.round_model not in need_data:
@@ -216,6 +217,10 @@ class Bench:
                 self.results["trl_versions"] = w.call("versions")
             log(f"trl side: {self.results['trl_versions']}")
 
+    def reference_file(self) -> Path:
+        """The reference's held-out responses, shared by the detox runs (the reference never changes)."""
+        return self.workdir / "detox-reference.pt"
+
     def data(self, model: str) -> str:
         return str(self.workdir / "data" / model)
 
@@ -238,6 +243,8 @@ class Bench:
                     else:
                         r = w.call("load", model=path, data=self.data(m), ref=k.split("_")[1])
                     res[k].update(load_s=r["load_s"], rss_after_load_mb=r["peak_rss_mb"], threads=r["torch_threads"])
+                    if "ppo" in r:
+                        res[k]["ppo"] = r["ppo"]
                 for w in workers.values():  # warm-up step, not timed
                     w.call("step")
                 times: dict[str, list[float]] = {k: [] for k in workers}
@@ -310,6 +317,7 @@ class Bench:
                 mode=mode,
                 steps=s.round_steps,
                 eval_prompts=s.eval_prompts,
+                reference_file=str(self.reference_file()),
             )
         self.results.setdefault("detox", {})[mode] = r
         ev = r["eval"]
