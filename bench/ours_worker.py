@@ -57,7 +57,7 @@ def prepare(model: str, lora_targets: list[str], out: str, steps: int, seed: int
 
     cfg = run_config(model, lora_targets, steps=steps, seed=seed)
     run = load_run(cfg, log=lambda m: print(m, file=sys.stderr))
-    data = batches(run.train_prompts, run.train_queries, cfg.ppo.batch_size, cfg.seed)
+    data = batches(run.train_prompts, run.train_queries, cfg.ppo.batch_size, cfg.seed, cfg.data.group_by_length)
     lengths = LengthSampler(cfg.generation.min_new_tokens, cfg.generation.max_new_tokens, seed=cfg.seed)
     plan = [(list(q), lengths()) for _, q in (next(data) for _ in range(steps))]
     queries, max_new = plan[0]

@@ -235,7 +235,8 @@ def _round(results: dict) -> list[str]:
         "## 1b. Whole round: generate, score, update",
         "",
         f"{results['suite']['round_steps']} PPO steps of {model} on the offline preset's prompts (the same batches "
-        "and per-batch response lengths on both sides), reward = the alt-profanity-check margin, sampling with "
+        "and per-batch response lengths on both sides, drawn as `rlhf.train` draws them: by default each batch "
+        "holds prompts of similar length, `data.group_by_length`), reward = the alt-profanity-check margin, sampling with "
         "temperature 1 and no top-k/top-p. Ours is `rlhf.train.train` (the detox run's training in section 3); "
         "trl's is its own `generate` + `step` loop with `ref_model=None` on the PEFT model. One round each "
         f"(its total is a sum of {results['suite']['round_steps']} step measurements). Ours keeps the log-probs "

@@ -120,6 +120,11 @@ class DataConfig:
     min_chars: int = _f(200, "Dialogues shorter than this are left out.")
     max_chars: int = _f(1000, "Dialogues longer than this are left out.")
     template: str = _f(SUMMARY_TEMPLATE, "Prompt template; {dialogue} is replaced by the dialogue.")
+    group_by_length: bool = _f(
+        True,
+        "Draw each PPO batch from prompts of similar length (sorted within shuffled groups of 8 batches), so "
+        "generation and forward passes pad less; every prompt is still used once per pass, in random batches.",
+    )
     heldout_size: int = _f(64, "Prompts held out for evaluation (never trained on).")
     split_seed: int = _f(42, "Seed of the train / held-out split.")
 

@@ -100,6 +100,10 @@ def _generate(
     )
     out = Rollout([], [], [])
     dev = policy.device
+    # more prompts than one batch: batch them by length (less padding), hand the results back in input order
+    order = sorted(range(len(queries)), key=lambda i: len(queries[i])) if len(queries) > gen.batch_size else None
+    if order is not None:
+        queries = [queries[i] for i in order]
     for start in range(0, len(queries), gen.batch_size):
         chunk = [q.to(dev) for q in queries[start : start + gen.batch_size]]
         side = "right" if policy.is_encoder_decoder else "left"
@@ -126,6 +130,11 @@ def _generate(
             for i, r in enumerate(responses):
                 out.logprobs.append(lps[i, : len(r)].cpu())
                 out.values.append(values[i, : len(r)].cpu())
+    if order is not None:
+        back = sorted(range(len(order)), key=order.__getitem__)
+        out = Rollout(
+            *([rows[i] for i in back] if rows else rows for rows in (out.responses, out.logprobs, out.values))
+        )
     return out
 
 

@@ -113,17 +113,36 @@ class Checkpoint:
 
 
 def batches(
-    prompts: Sequence[Prompt], queries: Sequence[torch.Tensor], size: int, seed: int
+    prompts: Sequence[Prompt],
+    queries: Sequence[torch.Tensor],
+    size: int,
+    seed: int,
+    group_by_length: bool = False,
+    group_batches: int = 8,
 ) -> Iterator[tuple[list[Prompt], list[torch.Tensor]]]:
-    """Endless shuffled batches of (prompt, query); reshuffles each pass over the data."""
+    """Endless shuffled batches of (prompt, query); reshuffles each pass over the data.
+
+    With `group_by_length`, each run of `group_batches` batches of the shuffled order is sorted by query length
+    before it is cut into batches, and those batches are shuffled: a batch holds prompts of similar length (less
+    padding in every pass over it), and each pass still uses every prompt once (the remainder is dropped).
+    """
     if len(prompts) < size:
         raise ValueError(f"{len(prompts)} training prompts are fewer than ppo.batch_size={size}")
     rng = random.Random(seed)
     order = list(range(len(prompts)))
     while True:
         rng.shuffle(order)
-        for k in range(0, len(order) - size + 1, size):
-            idx = order[k : k + size]
+        usable = order[: len(order) - len(order) % size]
+        chunks = [usable[k : k + size] for k in range(0, len(usable), size)]
+        if group_by_length:
+            chunks = []
+            span = size * group_batches
+            for start in range(0, len(usable), span):
+                group = sorted(usable[start : start + span], key=lambda i: len(queries[i]))
+                part = [group[k : k + size] for k in range(0, len(group), size)]
+                rng.shuffle(part)
+                chunks += part
+        for idx in chunks:
             yield [prompts[i] for i in idx], [queries[i] for i in idx]
 
 
@@ -148,7 +167,7 @@ def train(
     steps = cfg.steps if steps is None else steps
     trainer = PPOTrainer(run.policy, cfg.ppo, cfg.generation.temperature, seed=cfg.seed)
     lengths = LengthSampler(cfg.generation.min_new_tokens, cfg.generation.max_new_tokens, seed=cfg.seed)
-    data = batches(run.train_prompts, run.train_queries, cfg.ppo.batch_size, cfg.seed)
+    data = batches(run.train_prompts, run.train_queries, cfg.ppo.batch_size, cfg.seed, cfg.data.group_by_length)
     history = []
     bar = tqdm(range(steps), desc="PPO", disable=not progress)
     for _ in bar:

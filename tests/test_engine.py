@@ -247,3 +247,30 @@ def test_bad_label_from_the_cli_is_a_clean_error(tmp_path, tiny_llama, dialogsum
 def test_value_head_starts_at_zero(tiny_t5):
     policy = load_policy(PolicyConfig(name_or_path=str(tiny_t5)), device="cpu")
     assert torch.count_nonzero(policy.value_head.summary.weight) == 0
+
+
+def test_length_grouped_batches_use_every_prompt_once_per_pass_and_pad_less():
+    import random
+
+    from rlhf.train import batches
+
+    rng = random.Random(0)
+    lengths = [rng.randint(20, 400) for _ in range(100)]  # 100 prompts: 6 batches of 16, 4 left out per pass
+    prompts = [Prompt(id=str(i), dialogue=f"d{i}") for i in range(100)]
+    queries = [torch.zeros(n, dtype=torch.long) for n in lengths]
+
+    def one_pass(group):
+        gen = batches(prompts, queries, 16, seed=3, group_by_length=group, group_batches=3)
+        return [[int(p.id) for p in next(gen)[0]] for _ in range(6)]
+
+    plain, grouped = one_pass(False), one_pass(True)
+    for got in (plain, grouped):
+        flat = [i for b in got for i in b]
+        assert len(flat) == len(set(flat)) == 96 and all(len(b) == 16 for b in got)
+    assert sorted(i for b in grouped for i in b) == sorted(i for b in plain for i in b), "the same prompts are used"
+
+    def padded(got):
+        return sum(16 * max(lengths[i] for i in b) for b in got)
+
+    assert padded(grouped) < 0.85 * padded(plain)
+    assert one_pass(True) == grouped, "deterministic for a seed"

@@ -314,3 +314,17 @@ def test_step_on_a_rollout_skips_nothing_but_the_recomputation(tiny_llama):
         assert results[1][key] == pytest.approx(results[0][key], abs=1e-4), key
     with pytest.raises(ValueError, match="old_values shape"):
         trainer.step(q, ro.responses, [0.0] * 4, old_logprobs=ro.logprobs, old_values=[torch.zeros(1)] * 4)
+
+
+def test_generation_over_several_batches_answers_in_input_order(tiny_llama):
+    """Prompts are batched by length; each response (and what was recorded with it) must stay with its prompt:
+    the log-prob of a response depends on its prompt, so a forward pass over each pair must agree."""
+    policy = make_policy(tiny_llama, "llama")
+    q = [torch.cat([x] * (1 + i % 3)) for i, x in enumerate(queries_for(policy, 6))]  # mixed lengths
+    torch.manual_seed(0)
+    ro = rollout(policy, q, GenerationConfig(min_new_tokens=3, max_new_tokens=6, batch_size=2))
+    for i, (query, response) in enumerate(zip(q, ro.responses, strict=True)):
+        batch = policy.collate([query], [response])
+        with torch.no_grad():
+            logits, _ = policy(batch)
+        torch.testing.assert_close(ro.logprobs[i], logprobs_from_logits(logits, batch.responses)[0], atol=1e-4, rtol=0)
