@@ -353,8 +353,23 @@ def _mfu(results: dict) -> list[str]:
             f"| {x['mfu']:.1%} |"
             for name, x in f["rows"]
         ]
+        + _mfu_caveat(f["rows"])
         + [""]
     )
+
+
+def _mfu_caveat(rows: list) -> list[str]:
+    over = [name for name, x in rows if x["mfu"] > 1.0]
+    if not over:
+        return []
+    return [
+        "",
+        f"A share above 100% ({', '.join(over)}) cannot be: the peak is one `torch.mm` measured at the start of the "
+        "run, which varies from run to run on this shared 2-core machine (it can read 20% apart), and the FLOP "
+        "count is an estimate (trl's per-token formula at the batch's longest sequence, for every token). Read "
+        "these shares as rough (+-20% at best); "
+        "the LoRA-aware rows are the fairer count for this step.",
+    ]
 
 
 def _notes(results: dict) -> list[str]:

@@ -93,6 +93,9 @@ def step_on_samples(trainer, batch: Sequence[PPOSample], lock: threading.Lock | 
         return trainer.step(queries, responses, [s.reward for s in batch], old_logprobs=old)
 
 
+REFERENCE_CACHE_SIZE = 4  # prompt sets whose reference samples Engine.evaluate keeps
+
+
 class Engine:
     """The loaded policy and reward classifier of the app, and the policy version the policy holds now.
 
@@ -117,6 +120,7 @@ class Engine:
         self._base_adapter = {k: v.detach().clone() for k, v in get_peft_model_state_dict(policy.model).items()}
         self._base_value_head = {k: v.detach().clone() for k, v in policy.value_head.state_dict().items()}
         self.generator = EngineGenerator(policy, scorer, cfg, version_id, self.lock)
+        self._reference_samples: dict[tuple, list] = {}  # see evaluate
 
     @classmethod
     def load(cls, cfg, version_id: int, log=print) -> Engine:
@@ -185,15 +189,35 @@ class Engine:
         return texts[0], scores[0], texts[1], scores[1]
 
     def evaluate(self, prompts: Sequence[PromptRef], seed: int = 1234):
-        """`rlhf.evaluate.evaluate` of the policy as it is now against the reference, on these prompts."""
-        from rlhf.evaluate import evaluate
+        """`rlhf.evaluate.evaluate` of the policy as it is now against the reference, on these prompts.
+
+        The reference (the base weights, adapter off) never changes, so its samples for the same prompts, seed
+        and sampling settings are kept and reused: a round's before and after evaluations sample it once.
+        """
+        from rlhf.evaluate import evaluate, sample_reference
         from rlhf.prompts import Prompt
 
         if not prompts:
             raise ValueError("no held-out prompts to evaluate on; import some with split 'heldout'")
         rows = [Prompt(str(p.id), p.text, p.summary, "store") for p in prompts]
         queries = [self.encode(p.text) for p in prompts]
+        gen = self.cfg.generation
+        key = (seed, tuple(sorted(vars(gen).items())), tuple(tuple(q.tolist()) for q in queries))
         with self.lock:
+            reference = self._reference_samples.get(key)
+            if reference is None:
+                reference = sample_reference(self.policy, queries, gen, seed)
+                while len(self._reference_samples) >= REFERENCE_CACHE_SIZE:
+                    self._reference_samples.pop(next(iter(self._reference_samples)))
+                self._reference_samples[key] = reference
             return evaluate(
-                self.policy, self.scorer, False, rows, queries, self.cfg.generation, seed=seed, keep_samples=len(rows)
+                self.policy,
+                self.scorer,
+                False,
+                rows,
+                queries,
+                gen,
+                seed=seed,
+                keep_samples=len(rows),
+                reference_responses=reference,
             )

@@ -124,3 +124,28 @@ def test_a_missing_model_is_reported_and_the_store_stays_usable(tmp_path, tiny_s
         s.require_engine()
     assert s.svc.annotator("still-works").name == "still-works"
     s.db_engine.dispose()
+
+
+def test_evaluations_sample_the_reference_once_per_prompt_set(studio, monkeypatch):
+    import rlhf.evaluate
+
+    calls = []
+    real = rlhf.evaluate.sample_reference
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rlhf.evaluate, "sample_reference", counting)
+    base = studio.svc.current_version()
+    first = studio.evaluate(base.id, 4)
+    studio.start_round(RoundSettings(mode="model", steps=1, batch_size=4, mini_batch_size=2, eval_prompts=4))
+    studio.runner.wait(120)
+    trained = studio.svc.current_version()
+    assert trained.id != base.id
+    after = studio.evaluate(trained.id, 4)
+    fewer = studio.evaluate(trained.id, 3)
+    assert calls == [4, 3], "the reference is sampled once per prompt set, by every evaluation after the first too"
+    assert after.reference == first.reference  # the same samples, the same figures
+    assert first.policy == first.reference  # the base version is the reference
+    assert fewer.n_prompts == 3
