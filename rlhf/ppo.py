@@ -132,9 +132,11 @@ def _generate(
                 out.values.append(values[i, : len(r)].cpu())
     if order is not None:
         back = sorted(range(len(order)), key=order.__getitem__)
-        out = Rollout(
-            *([rows[i] for i in back] if rows else rows for rows in (out.responses, out.logprobs, out.values))
-        )
+
+        def restore(rows: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [rows[i] for i in back] if rows else rows
+
+        out = Rollout(restore(out.responses), restore(out.logprobs), restore(out.values))
     return out
 
 
