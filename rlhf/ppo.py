@@ -149,7 +149,7 @@ def response_logprobs(
     batch_size: int = 16,
 ) -> list[list[float]]:
     """Log-prob of each response token under the policy as it is now (inside `policy.reference()`: the
-    reference), one list per sample; what `PPOTrainer.step` takes as `old_logprobs` for stored samples."""
+    reference), one list per sample, by a forward pass; `rollout` records the same figures while sampling."""
     out: list[list[float]] = []
     for start in range(0, len(queries), batch_size):
         batch = policy.collate(queries[start : start + batch_size], responses[start : start + batch_size])

@@ -133,8 +133,9 @@ def batches(
     while True:
         rng.shuffle(order)
         usable = order[: len(order) - len(order) % size]
-        chunks = [usable[k : k + size] for k in range(0, len(usable), size)]
-        if group_by_length:
+        if not group_by_length:
+            chunks = [usable[k : k + size] for k in range(0, len(usable), size)]
+        else:
             chunks = []
             span = size * group_batches
             for start in range(0, len(usable), span):
