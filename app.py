@@ -10,22 +10,24 @@ from prompts and models is only ever shown in text components (never as Markdown
 import argparse
 import dataclasses
 import functools
-import html
 import math
 import os
 import sys
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+from fastapi import Request
+from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 
 from feedback.io import export_ratings, import_prompts
 from feedback.rounds import RoundSettings
 from feedback.studio import Studio, StudioOptions
 from feedback.types import Item, PairItem
+from ui.text import plain
 
 KINDS = {"Binary (toxic / not toxic)": "binary", "1-5 harmlessness": "scale", "Pairwise (A vs B)": "pairwise"}
 MODES = {"Model": "model", "Human": "human", "Blend": "blend"}
@@ -69,9 +71,9 @@ class UserState:
     token: str = ""  # request id of the submit for the item on screen: a double click stores one rating
 
 
-def esc(text: object) -> str:
-    """Escape anything that goes into Markdown (which renders HTML)."""
-    return html.escape(str(text), quote=True).replace("*", "&#42;").replace("_", "&#95;")
+def info(message: str) -> None:
+    """A pop-up; Gradio renders Markdown and HTML in it, so any text from a user or a file goes in as `plain`."""
+    gr.Info(plain(message))
 
 
 def _errors_to_page(fn):
@@ -82,7 +84,7 @@ def _errors_to_page(fn):
         try:
             return fn(*args, **kwargs)
         except ValueError as err:
-            raise gr.Error(str(err)) from err
+            raise gr.Error(plain(err)) from err
 
     return wrapper
 
@@ -138,8 +140,8 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
         p = svc.progress(state.annotator_id) if state.annotator_id else None
         version = svc.current_version()
         progress = (
-            f"**{p.rated_items} / {p.total_items}** items of {esc(version.name)} rated · you: **{p.mine}** · "
-            f"left for you: **{p.left_for_me}** · signed in as **{esc(state.name)}** ({state.role})"
+            f"**{p.rated_items} / {p.total_items}** items of {plain(version.name)} rated · you: **{p.mine}** · "
+            f"left for you: **{p.left_for_me}** · signed in as **{plain(state.name)}** ({state.role})"
             if p
             else ""
         )
@@ -160,7 +162,8 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
             "",  # clear the comment box
         )
 
-    with gr.Blocks(title="rlhf-studio") as demo:
+    # uploaded files (Gradio's cache) are removed an hour after upload
+    with gr.Blocks(title="rlhf-studio", delete_cache=(600, 3600)) as demo:
         state = gr.State(UserState())
         gr.Markdown("# rlhf-studio\nRate the model's answers, choose the reward, train, and compare.")
         status = gr.Markdown(elem_id="status")
@@ -267,10 +270,12 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
             with gr.Tab("Data", id="data"):
                 with gr.Row():
                     upload = gr.File(
-                        label="Prompts file (.csv, .jsonl, .parquet)", file_types=[".csv", ".jsonl", ".parquet"]
+                        label="Prompts file (.csv, .jsonl, .parquet)",
+                        file_types=[".csv", ".jsonl", ".parquet"],
+                        elem_id="upload",
                     )
                     with gr.Column():
-                        text_col = gr.Textbox(value="dialogue", label="Text column")
+                        text_col = gr.Textbox(value="dialogue", label="Text column", elem_id="text-col")
                         split = gr.Radio(["train", "heldout"], value="train", label="Split")
                         b_import = gr.Button("Import", elem_id="import")
                 import_result = gr.Markdown(elem_id="import-result")
@@ -278,13 +283,17 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
                     shape = gr.Radio(["unpaired", "pairwise"], value="unpaired", label="Export shape")
                     fmt = gr.Radio(["jsonl", "csv", "dataset"], value="jsonl", label="Format")
                     b_export = gr.Button("Export ratings", elem_id="export")
-                export_file = gr.File(label="Export", interactive=False)
+                export_link = gr.Markdown(elem_id="export-link")
                 counts = gr.Dataframe(label="Ratings per annotator", interactive=False)
                 agreement = gr.Markdown()
                 b_refresh = gr.Button("Refresh", size="sm")
                 with gr.Row():
                     doomed = gr.Textbox(label="Annotator whose ratings to delete (admin)", elem_id="delete-name")
+                    confirm = gr.Textbox(
+                        label="To confirm, type: delete NAME", placeholder="delete NAME", elem_id="delete-confirm"
+                    )
                     b_delete = gr.Button("Delete their ratings", variant="stop", elem_id="delete-ratings")
+                delete_result = gr.Markdown(elem_id="delete-result")
 
         label_outputs = [
             state,
@@ -344,7 +353,7 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
                 return view(st, rev)
             back = svc.undo(st.annotator_id)
             if back is None:
-                gr.Info("Nothing to undo.")
+                info("Nothing to undo.")
                 return view(st, rev)
             if isinstance(back, PairItem):
                 st = dataclasses.replace(st, kind="pairwise", pair=back, item=None)
@@ -357,6 +366,7 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
 
         def tick(st: UserState, rev: bool, who_name: str, kind_label: str, request: gr.Request):
             """Every second: the start-up status, and a first item as soon as the pool has one."""
+            studio.downloads.sweep()  # expired export files go even when nobody exports again
             text = _status_text(studio)
             if st.annotator_id is not None and st.item is None and st.pair is None and studio.ready.is_set():
                 return (text, *show_next(st, who_name, kind_label, rev, request))
@@ -421,15 +431,15 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
                 init_kl_coef=float(kl_coef),
                 eval_prompts=int(n_eval_prompts),
             )
-            info = studio.start_round(settings)
-            gr.Info(f"Round {info.id} started ({settings.mode} reward, {settings.steps} steps).")
+            started = studio.start_round(settings)
+            info(f"Round {started.id} started ({settings.mode} reward, {settings.steps} steps).")
             return _round_view(studio)
 
         @_errors_to_page
         def cancel_round(st):
             require_admin(st)
             if not studio.cancel_round():
-                gr.Info("No round is running.")
+                info("No round is running.")
             return _round_view(studio)
 
         @_errors_to_page
@@ -438,7 +448,7 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
             if not choice:
                 raise ValueError("pick a policy version first")
             v = studio.rollback(_version_id(choice))
-            gr.Info(f"{v.name} is now current; new items come from it.")
+            info(f"{v.name} is now current; new items come from it.")
             return (*_round_view(studio), *_version_choices(studio))
 
         round_outputs = [round_status, round_progress, metric_plot, history]
@@ -528,19 +538,20 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
             report = import_prompts(
                 svc.Session, path, text_column=column.strip() or "dialogue", source=path.name, split=which
             )
-            return f"Imported **{report.added}** prompts into {esc(which)}; skipped **{report.duplicates}** duplicates of {report.rows} rows."
+            return f"Imported **{report.added}** prompts into {plain(which)}; skipped **{report.duplicates}** duplicates of {report.rows} rows."
 
         @_errors_to_page
-        def do_export(st, which_shape, which_fmt):
+        def do_export(st, which_shape, which_fmt, request: gr.Request):
             require_admin(st)
-            out_dir = Path(tempfile.mkdtemp(prefix="rlhf-export-"))
+            if which_shape not in ("unpaired", "pairwise") or which_fmt not in ("jsonl", "csv", "dataset"):
+                raise ValueError("choose an export shape and a format")
             name = f"ratings-{which_shape}" + ("" if which_fmt == "dataset" else f".{which_fmt}")
-            out = export_ratings(svc.Session, out_dir / name, which_fmt, which_shape)
+            out = export_ratings(svc.Session, studio.downloads.new_path(name), which_fmt, which_shape)
             if which_fmt == "dataset":
                 import shutil
 
                 out = Path(shutil.make_archive(str(out), "zip", root_dir=out))
-            return str(out)
+            return _download_link(studio, out, _login(request), "Download")
 
         def data_view():
             rows = svc.counts_per_annotator()
@@ -554,15 +565,16 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
             return table, text
 
         @_errors_to_page
-        def delete_ratings(st, who_name):
+        def delete_ratings(st, who_name, typed, request: gr.Request):
             require_admin(st)
-            n = svc.delete_ratings_of(who_name)
-            gr.Info(f"Deleted {n} ratings and comparisons.")
-            return data_view()
+            n, backup = svc.delete_ratings_of(who_name, typed, studio.data_dir / "deleted")
+            info(f"Deleted {n} ratings and comparisons of {who_name.strip()}.")
+            link = _download_link(studio, backup, _login(request), "Download what was deleted", keep=True)
+            return (*data_view(), link, "")
 
-        b_delete.click(delete_ratings, [state, doomed], [counts, agreement])
+        b_delete.click(delete_ratings, [state, doomed, confirm], [counts, agreement, delete_result, confirm])
         b_import.click(do_import, [state, upload, text_col, split], [import_result])
-        b_export.click(do_export, [state, shape, fmt], [export_file])
+        b_export.click(do_export, [state, shape, fmt], [export_link])
         b_refresh.click(data_view, None, [counts, agreement])
 
         # ---- on load: fill the choices ------------------------------------------------------------------------
@@ -588,6 +600,19 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
 
 
 # ---- view helpers (plain data -> component values) -------------------------------------------------------------
+def _login(request: gr.Request | None) -> str | None:
+    """The signed-in account of a request (None when the app runs without logins)."""
+    return getattr(request, "username", None) if request is not None else None
+
+
+def _download_link(studio: Studio, path: Path, owner: str | None, label: str, keep: bool = False) -> str:
+    """Markdown for a link to `path` that only `owner` can follow (see `feedback.downloads`). The file name is
+    ours, the token URL-safe; both still go through `plain`."""
+    token = studio.downloads.add(path, owner, keep=keep)
+    minutes = round(studio.downloads.ttl / 60)
+    return f"[{plain(label)}: {plain(path.name)}](exports/{token}) (the link works for {minutes} minutes, for you only)"
+
+
 def _round(x: float | None) -> float | None:
     return None if x is None else round(float(x), 4)
 
@@ -604,12 +629,14 @@ def _histogram(values: list[float | None]) -> pd.DataFrame:
 
 def _status_text(studio: Studio) -> str:
     if studio.error:
-        return f"**Start-up failed**: {esc(studio.error)}. Fix the option and restart; ratings already stored are safe."
+        return (
+            f"**Start-up failed**: {plain(studio.error)}. Fix the option and restart; ratings already stored are safe."
+        )
     if not studio.ready.is_set():
-        return f"Loading: {esc(studio.status)}"
+        return f"Loading: {plain(studio.status)}"
     version = studio.svc.current_version()
-    refill = f" · last refill failed: {esc(studio.svc.last_refill_error)}" if studio.svc.last_refill_error else ""
-    return f"Ready · current policy: **{esc(version.name)}** · {esc(studio.cfg.policy.name_or_path)}{refill}"
+    refill = f" · last refill failed: {plain(studio.svc.last_refill_error)}" if studio.svc.last_refill_error else ""
+    return f"Ready · current policy: **{plain(version.name)}** · {plain(studio.cfg.policy.name_or_path)}{refill}"
 
 
 def _version_label(v) -> str:
@@ -638,9 +665,9 @@ def _round_view(studio: Studio):
         done = len(latest.metrics)
         frac = done / total
         metrics = latest.metrics
-        status = f"Round {latest.id}: **{latest.status}** · {done}/{total} steps · {esc(latest.reward_mode)} reward"
+        status = f"Round {latest.id}: **{latest.status}** · {done}/{total} steps · {plain(latest.reward_mode)} reward"
         if latest.status in ("failed", "interrupted") and latest.error:
-            status += f"\n\n{esc(latest.error.splitlines()[0])}. The previous policy version stays current."
+            status += f"\n\n{plain(latest.error.splitlines()[0])}. The previous policy version stays current."
     plot = pd.DataFrame(
         [
             {"step": int(m["step"]), "metric": name, "value": float(m[key])}
@@ -756,6 +783,25 @@ def add_users(studio: Studio, specs: list[str]) -> None:
         studio.svc.set_password(parts[0], parts[1], role="admin" if len(parts) == 3 else "annotator")
 
 
+def export_route(studio: Studio) -> APIRoute:
+    """GET /exports/{token}: a file from `studio.downloads`, only to the account that made it (404 otherwise,
+    so a guessed or leaked link tells nothing)."""
+
+    def fetch(token: str, request: Request):
+        app = request.app  # Gradio's app: its cookie names the signed-in account
+        cookie_id = getattr(app, "cookie_id", "")
+        cookie = request.cookies.get(f"access-token-{cookie_id}") or request.cookies.get(
+            f"access-token-unsecure-{cookie_id}"
+        )
+        user = getattr(app, "tokens", {}).get(cookie)
+        path = studio.downloads.get(token, user)
+        if path is None:
+            return PlainTextResponse("This link has expired or is not yours.", status_code=404)
+        return FileResponse(path, filename=path.name)
+
+    return APIRoute("/exports/{token}", fetch, methods=["GET"])
+
+
 def launch(studio: Studio, host: str, port: int, auth: bool, **kwargs):
     demo = build_demo(studio, auth=auth)
     demo.queue(default_concurrency_limit=16)
@@ -767,6 +813,7 @@ def launch(studio: Studio, host: str, port: int, auth: bool, **kwargs):
         auth_message="Sign in with an rlhf-studio account." if auth else None,
         head=SHORTCUTS_JS,
         footer_links=[],
+        app_kwargs={"routes": [export_route(studio)]},
         **kwargs,
     )
 

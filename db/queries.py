@@ -272,6 +272,50 @@ def last_comparison(annotator_id: int, *, session: Session) -> Comparison | None
     )
 
 
+def judgements_of(annotator_id: int, *, session: Session) -> list[dict]:
+    """Every rating and comparison of one annotator, with the texts they judged: what a deletion must keep."""
+    rows: list[dict] = []
+    for r, g in session.execute(
+        select(Rating, Generation)
+        .join(Generation, Generation.id == Rating.generation_id)
+        .where(Rating.annotator_id == annotator_id)
+        .order_by(Rating.id)
+    ).tuples():
+        rows.append(
+            {
+                "type": "rating",
+                "id": r.id,
+                "kind": r.kind,
+                "value": r.value,
+                "score": r.score,
+                "comment": r.comment,
+                "created": r.created.isoformat(),
+                "generation_id": g.id,
+                "policy_version_id": g.policy_version_id,
+                "prompt": g.query_text,
+                "response": g.response,
+            }
+        )
+    for c in session.scalars(select(Comparison).where(Comparison.annotator_id == annotator_id).order_by(Comparison.id)):
+        a, b = session.get(Generation, c.generation_a_id), session.get(Generation, c.generation_b_id)
+        rows.append(
+            {
+                "type": "comparison",
+                "id": c.id,
+                "winner": c.winner,
+                "comment": c.comment,
+                "created": c.created.isoformat(),
+                "generation_a_id": a.id,
+                "generation_b_id": b.id,
+                "policy_version_id": a.policy_version_id,
+                "prompt": a.query_text,
+                "response_a": a.response,
+                "response_b": b.response,
+            }
+        )
+    return rows
+
+
 def delete_judgements_of(annotator_id: int, *, session: Session) -> int:
     """Delete an annotator's ratings, comparisons and skips; returns the ratings and comparisons deleted."""
     n = session.execute(delete(Rating).where(Rating.annotator_id == annotator_id)).rowcount or 0

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import func, select
@@ -429,13 +431,25 @@ class FeedbackService:
                     raise
         raise AssertionError("unreachable")
 
-    def delete_ratings_of(self, name: str) -> int:
-        """Delete every rating and comparison of one annotator (e.g. a spammer); returns how many went."""
+    def delete_ratings_of(self, name: str, confirm: str, backup_dir: Path) -> tuple[int, Path]:
+        """Delete every rating and comparison of one annotator (e.g. a spammer), after writing them to a JSONL
+        file in `backup_dir`; `confirm` must read ``delete NAME``. Returns (how many went, the backup file).
+
+        The file is written and flushed to disk inside the transaction, before the delete commits: if it cannot
+        be written, nothing is deleted.
+        """
+        name = name.strip()
+        if not name:
+            raise ValueError("type the name of the annotator whose ratings to delete")
+        if confirm.strip() != delete_phrase(name):
+            raise ValueError(f"nothing deleted: to confirm, type exactly: {delete_phrase(name)}")
         with self.Session.begin() as s:
-            a = q.annotator_by_name(name.strip(), session=s)
+            a = q.annotator_by_name(name, session=s)
             if a is None:
-                raise ValueError(f"no annotator called {name!r}")
-            return q.delete_judgements_of(a.id, session=s)
+                raise ValueError(f"no annotator called {name!r}; nothing deleted")
+            rows = q.judgements_of(a.id, session=s)
+            backup = _write_backup(Path(backup_dir), a.id, rows)
+            return q.delete_judgements_of(a.id, session=s), backup
 
     def progress(self, annotator_id: int) -> Progress:
         with self.Session.begin() as s:
@@ -582,6 +596,23 @@ def _human_scores(s: Session, generation_ids: Sequence[int] | None = None) -> di
             if wanted is None or gid in wanted:
                 out.setdefault(gid, []).append(score)
     return out
+
+
+def delete_phrase(name: str) -> str:
+    """What an admin types to confirm deleting `name`'s ratings."""
+    return f"delete {name.strip()}"
+
+
+def _write_backup(folder: Path, annotator_id: int, rows: list[dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
+    path = folder / f"deleted-annotator{annotator_id}-{stamp}.jsonl"  # our own name: never the user's text
+    with path.open("x", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return path
 
 
 # ---- ORM row -> plain object ---------------------------------------------------------------------------------

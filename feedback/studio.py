@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from db.session import database_url, default_data_dir, make_engine, make_session_factory, upgrade
+from feedback.downloads import Downloads
 from feedback.io import add_prompt_texts
 from feedback.rounds import RoundRunner, RoundSettings
 from feedback.service import FeedbackService
@@ -74,6 +75,7 @@ class Studio:
         self.data_dir = Path(options.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         url = options.database_url or database_url(self.data_dir)
+        self.downloads = Downloads(self.data_dir / "exports")  # emptied here: a restart ends every link
         self.db_engine = make_engine(url)
         upgrade(self.db_engine)
         self.svc = FeedbackService(make_session_factory(self.db_engine), refill_size=options.pool_size)

@@ -8,6 +8,7 @@ $RLHF_STUDIO_ARTIFACTS (default: test-artifacts/ in the checkout).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -171,3 +172,94 @@ def test_label_train_and_compare_in_the_browser(chromium, studio_url, artifacts)
     current = svc.current_version()
     assert current.id == rounds[0].output_version_id and current.adapter_path
     assert (Path(current.adapter_path) / "adapter_config.json").is_file()
+
+
+# ---- hostile text from users and files -----------------------------------------------------------------------
+EVIL = "evil.invalid"
+HOSTILE_NAME = f'<img src="//{EVIL}/n.png"><form><input placeholder=password></form>![m](//{EVIL}/m.png)'
+HOSTILE_KEY = f"<img src='//{EVIL}/k.png' onerror='window.__xss=4'>[k](//{EVIL}/k)"
+HOSTILE_COLUMN = f"<form><input placeholder=password></form>![c](http://{EVIL}/c.png)"
+
+
+def _login(page, url, user, password):
+    page.goto(url)
+    page.get_by_label("username").fill(user)
+    page.get_by_label("password").fill(password)
+    page.get_by_role("button", name="Login").click()
+    _wait_for(lambda: "signed in as" in page.locator("#progress").inner_text(), what=f"{user}'s page")
+
+
+def _toasts(page) -> str:
+    return "\n".join(page.locator("[data-testid='toast-body']").all_inner_texts())
+
+
+def _injected(page) -> dict:
+    """Anything the hostile strings could have turned into live elements."""
+    return {
+        "images": page.locator(f"img[src*='{EVIL}']").count(),
+        "password inputs": page.locator("input[placeholder='password']").count(),
+        "links": page.locator(f"a[href*='{EVIL}']").count(),
+        "script": page.evaluate("window.__xss ?? null"),
+    }
+
+
+def test_hostile_names_and_files_stay_text_and_exports_stay_private(chromium, studio_url, artifacts, tmp_path):
+    url, studio = studio_url
+    studio.svc.set_password(HOSTILE_NAME, "hostile-pass", role="admin")
+    studio.svc.set_password("bob", "bob-pass")  # an annotator
+    host = url.split("/")[2]
+    admin = chromium.new_context(viewport={"width": 1280, "height": 1400})
+    page = admin.new_page()
+    elsewhere: list[str] = []
+    page.on("request", lambda r: elsewhere.append(r.url) if r.url.split("/")[2] != host else None)
+
+    # ---- a hostile login name is shown as text in the progress line --------------------------------------------
+    _login(page, url, HOSTILE_NAME, "hostile-pass")
+    assert HOSTILE_NAME in page.locator("#progress").inner_text()
+    page.click("#rate-toxic")
+    _wait_for(lambda: "you: 1" in page.locator("#progress").inner_text(), what="a rating")
+
+    # ---- a file with a hostile key, then a hostile column name: errors name them as text -------------------------
+    page.get_by_role("tab", name="Data").click()
+    bad = tmp_path / "<b>prompts<u>.jsonl"
+    bad.write_text(json.dumps({HOSTILE_KEY: "hello"}) + "\n", encoding="utf-8")
+    page.locator("#upload input[type=file]").set_input_files(str(bad))
+    page.click("#import")
+    _wait_for(lambda: HOSTILE_KEY in _toasts(page), what="the import error naming the hostile key")
+    assert "promptsu.jsonl was not imported" in _toasts(page)  # Gradio strips <> from uploaded file names
+    page.locator("#text-col textarea, #text-col input").first.fill(HOSTILE_COLUMN)
+    page.click("#import")
+    _wait_for(lambda: HOSTILE_COLUMN in _toasts(page), what="the import error naming the hostile column")
+
+    # ---- deleting needs the typed phrase; the deleted ratings come back as a file for this admin only ----------------
+    page.locator("#delete-name textarea, #delete-name input").first.fill(HOSTILE_NAME)
+    page.click("#delete-ratings")
+    _wait_for(lambda: "type exactly: delete " + HOSTILE_NAME in _toasts(page), what="the confirmation hint")
+    page.locator("#delete-confirm textarea, #delete-confirm input").first.fill("delete " + HOSTILE_NAME)
+    page.click("#delete-ratings")
+    backup = page.locator("#delete-result a")
+    _wait_for(lambda: backup.count() == 1, what="the link to the deleted ratings")
+    kept = page.request.get(backup.get_attribute("href") and url + backup.get_attribute("href"))
+    assert kept.status == 200 and json.loads(kept.text().splitlines()[0])["value"] == 0
+
+    # ---- an export link works for its admin, not for another login nor for nobody ------------------------------------
+    page.click("#export")
+    link = page.locator("#export-link a")
+    _wait_for(lambda: link.count() == 1, what="the export link")
+    export_url = url + link.get_attribute("href")
+    assert page.request.get(export_url).status == 200
+    page.screenshot(path=str(artifacts / "05-hostile-data.png"), full_page=True)
+    assert _injected(page) == {"images": 0, "password inputs": 0, "links": 0, "script": None}
+    assert elsewhere == []  # not one request left the page for another host
+
+    other = chromium.new_context()
+    bob = other.new_page()
+    _login(bob, url, "bob", "bob-pass")
+    assert bob.request.get(export_url).status == 404
+    bob.get_by_role("tab", name="Data").click()
+    bob.click("#export")
+    _wait_for(lambda: "only an admin may do this" in _toasts(bob), what="bob's refusal")
+    assert bob.locator("#export-link a").count() == 0
+    assert chromium.new_context().request.get(export_url).status == 404
+    other.close()
+    admin.close()

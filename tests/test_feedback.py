@@ -197,19 +197,46 @@ def test_undo_removes_only_the_annotators_own_last_rating(store):
     assert svc.progress(b.id).mine == 1
 
 
-def test_deleting_an_annotators_ratings_keeps_everyone_elses(store):
+def test_deleting_an_annotators_ratings_needs_the_typed_phrase_and_keeps_a_copy(store, tmp_path):
     _, Session = store
     svc = FeedbackService(Session)
     ids = _fill(svc, 4, n_prompts=2)
     a, b = svc.annotator("spam"), svc.annotator("good")
-    svc.submit(a.id, ids[0], "binary", 0)
-    svc.submit(a.id, ids[1], "binary", 0)
+    svc.submit(a.id, ids[0], "binary", 0, comment="meh")
+    svc.submit(a.id, ids[1], "scale", 2)
     svc.submit_comparison(a.id, ids[0], ids[2], "a")
     svc.submit(b.id, ids[0], "binary", 1)
-    assert svc.delete_ratings_of("spam") == 3
+    for wrong in ("", "spam", "delete good", "DELETE spam"):
+        with pytest.raises(ValueError, match="type exactly: delete spam"):
+            svc.delete_ratings_of("spam", wrong, tmp_path / "deleted")
+    assert svc.counts_per_annotator() == [("good", 1, 0), ("spam", 2, 1)] and not (tmp_path / "deleted").exists()
+
+    n, backup = svc.delete_ratings_of(" spam ", "delete spam", tmp_path / "deleted")
+    assert n == 3 and backup.parent == tmp_path / "deleted" and "spam" not in backup.name
     assert svc.counts_per_annotator() == [("good", 1, 0), ("spam", 0, 0)]
+    kept = [json.loads(line) for line in backup.read_text(encoding="utf-8").splitlines()]
+    assert [(r["type"], r.get("value"), r.get("winner"), r["comment"]) for r in kept] == [
+        ("rating", 0, None, "meh"),
+        ("rating", 2, None, None),
+        ("comparison", None, "a", None),
+    ]
+    assert kept[0]["generation_id"] == ids[0] and kept[0]["response"] and kept[0]["prompt"]
+    assert kept[2]["response_a"] and kept[2]["response_b"] and kept[0]["policy_version_id"]
     with pytest.raises(ValueError, match="no annotator"):
-        svc.delete_ratings_of("nobody")
+        svc.delete_ratings_of("nobody", "delete nobody", tmp_path)
+
+
+def test_a_deletion_whose_copy_cannot_be_written_deletes_nothing(store, tmp_path):
+    _, Session = store
+    svc = FeedbackService(Session)
+    ids = _fill(svc, 2)
+    a = svc.annotator("spam")
+    svc.submit(a.id, ids[0], "binary", 0)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OSError):
+        svc.delete_ratings_of("spam", "delete spam", blocker / "deleted")
+    assert svc.counts_per_annotator() == [("spam", 1, 0)]
 
 
 def test_pairwise_preferences_map_to_scores_and_undo(store):
