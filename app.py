@@ -122,13 +122,15 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
             prompt = pair.prompt if pair else ""
             a, b = (pair.a.response, pair.b.response) if pair else ("", "")
             resp = ""
-            scores = f"A: {pair.a.model_score:.3f}   B: {pair.b.model_score:.3f}" if pair and reveal else ""
+            scores = (
+                f"P(not offensive): A {pair.a.model_score:.3f} · B {pair.b.model_score:.3f}" if pair and reveal else ""
+            )
         else:
             prompt = item.prompt if item else ""
             resp = item.response if item else ""
             a = b = ""
             scores = (
-                f"{item.model_score:.3f} (1 = not hateful)" if item and reveal and item.model_score is not None else ""
+                f"P(not offensive): {item.model_score:.3f}" if item and reveal and item.model_score is not None else ""
             )
         empty = (pair is None) if kind == "pairwise" else (item is None)
         if empty:
@@ -185,7 +187,7 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
                     resp_b = gr.Textbox(label="Response B", lines=4, interactive=False, elem_id="response-b")
                 with gr.Row():
                     reveal = gr.Checkbox(label="Show the classifier's score", value=False, elem_id="reveal")
-                    score = gr.Textbox(label="Classifier score", visible=False, interactive=False, elem_id="score")
+                    score = gr.Textbox(label="Classifier", visible=False, interactive=False, elem_id="score")
                 comment = gr.Textbox(label="Comment (optional)", lines=1, elem_id="comment")
                 with gr.Row(visible=True) as binary_row:
                     b_toxic = gr.Button("Toxic  [1]", variant="stop", elem_id="rate-toxic")
@@ -253,12 +255,16 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
                         ref_out = gr.Textbox(
                             label="Reference (before training)", lines=5, interactive=False, elem_id="ref-out"
                         )
-                        ref_score = gr.Number(label="Classifier score", interactive=False, elem_id="ref-score")
+                        ref_score = gr.Textbox(
+                            label="Reward · P(not offensive)", interactive=False, elem_id="ref-score"
+                        )
                     with gr.Column():
                         pol_out = gr.Textbox(
                             label="Policy (selected version)", lines=5, interactive=False, elem_id="pol-out"
                         )
-                        pol_score = gr.Number(label="Classifier score", interactive=False, elem_id="pol-score")
+                        pol_score = gr.Textbox(
+                            label="Reward · P(not offensive)", interactive=False, elem_id="pol-score"
+                        )
                 with gr.Row():
                     n_prompts = gr.Number(value=16, label="Held-out prompts", precision=0, minimum=1, elem_id="eval-n")
                     b_eval = gr.Button("Evaluate", elem_id="evaluate")
@@ -405,15 +411,15 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
                 [
                     {
                         "id": r.generation_id,
-                        "response": r.response[:120],
-                        "ratings": r.n_human,
-                        "model": _round(r.model_score),
-                        "human": _round(r.human_score),
                         "reward": _round(getattr(r, chosen)),
+                        "P(not offensive)": _round(r.model_score),
+                        "human": _round(r.human_score),
+                        "ratings": r.n_human,
+                        "response": r.response[:120],
                     }
                     for r in rows
                 ],
-                columns=["id", "response", "ratings", "model", "human", "reward"],
+                columns=["id", "reward", "P(not offensive)", "human", "ratings", "response"],
             )
             return table, _histogram([getattr(r, chosen) for r in rows])
 
@@ -482,8 +488,8 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
         def answer(choice, text):
             if not choice:
                 raise ValueError("pick a policy version")
-            ref, rs, pol, ps = studio.compare(_version_id(choice), text)
-            return ref, round(rs, 4), pol, round(ps, 4)
+            ref, pol = studio.compare(_version_id(choice), text)
+            return ref.text, _answer_scores(ref), pol.text, _answer_scores(pol)
 
         @_errors_to_page
         def evaluate(choice, n):
@@ -617,13 +623,20 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(float(x), 4)
 
 
-def _histogram(values: list[float | None]) -> pd.DataFrame:
+def _answer_scores(a) -> str:
+    return f"reward {a.reward:+.3f} · P(not offensive) {a.p_not_offensive:.3f}"
+
+
+def _histogram(values: list[float | None], n_bins: int = 10) -> pd.DataFrame:
+    """Counts in `n_bins` equal bins over the values' range ([0, 1] when they fit in it: probabilities and
+    blends; the classifier's margin in model mode is unbounded)."""
     vals = [v for v in values if v is not None]
-    bins = [i / 10 for i in range(11)]
-    labels = [f"{lo:.1f}-{hi:.1f}" for lo, hi in zip(bins[:-1], bins[1:], strict=True)]
-    counts = [0] * 10
+    lo, hi = (min(vals + [0.0]), max(vals + [1.0])) if vals else (0.0, 1.0)
+    width = (hi - lo) / n_bins or 1.0
+    counts = [0] * n_bins
     for v in vals:
-        counts[min(int(max(v, 0.0) * 10), 9)] += 1
+        counts[min(int((v - lo) / width), n_bins - 1)] += 1
+    labels = [f"{lo + k * width:.2f} to {lo + (k + 1) * width:.2f}" for k in range(n_bins)]
     return pd.DataFrame({"reward": labels, "items": counts})
 
 
@@ -686,14 +699,27 @@ def _round_view(studio: Studio):
                 "status": r.status,
                 "reward mode": r.reward_mode + (f" (w={r.reward_weight:.2f})" if r.reward_mode == "blend" else ""),
                 "steps": len(r.metrics),
-                "before mean": _round((r.evaluation or {}).get("before_mean")),
-                "after mean": _round((r.evaluation or {}).get("after_mean")),
+                "reward before": _round((r.evaluation or {}).get("before_mean")),
+                "reward after": _round((r.evaluation or {}).get("after_mean")),
+                "toxicity before": _round((r.evaluation or {}).get("before_toxicity")),
+                "toxicity after": _round((r.evaluation or {}).get("after_toxicity")),
                 "from version": r.input_version_id,
                 "to version": r.output_version_id,
             }
             for r in rounds
         ],
-        columns=["round", "status", "reward mode", "steps", "before mean", "after mean", "from version", "to version"],
+        columns=[
+            "round",
+            "status",
+            "reward mode",
+            "steps",
+            "reward before",
+            "reward after",
+            "toxicity before",
+            "toxicity after",
+            "from version",
+            "to version",
+        ],
     )
     return status, gr.update(value=round(min(frac, 1.0), 3)), plot, history
 

@@ -10,6 +10,7 @@ import random
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 from feedback.types import NewGeneration, PPOSample, PromptRef
 
@@ -93,6 +94,15 @@ def step_on_samples(trainer, batch: Sequence[PPOSample], lock: threading.Lock | 
         return trainer.step(queries, responses, [s.reward for s in batch], old_logprobs=old)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One model's answer in Compare: the text, the reward PPO optimises, and the classifier's P(not offensive)."""
+
+    text: str
+    reward: float
+    p_not_offensive: float
+
+
 REFERENCE_CACHE_SIZE = 4  # prompt sets whose reference samples Engine.evaluate keeps
 
 
@@ -171,11 +181,12 @@ class Engine:
 
         return encode_prompt(self.policy.tokenizer, text, self.cfg.data.template, self.cfg.policy.chat_template)
 
-    def answer(self, text: str, seed: int = 0) -> tuple[str, float, str, float]:
-        """(reference response, its score, policy response, its score) to one prompt, same sampling seed."""
+    def answer(self, text: str, seed: int = 0) -> tuple[Answer, Answer]:
+        """The reference's and the policy's answers to one prompt, with the same sampling seed."""
         import torch
 
         from rlhf.ppo import generate
+        from rlhf.scorers import rewards
 
         query = [self.encode(text)]
         with self.lock:
@@ -185,8 +196,10 @@ class Engine:
             torch.manual_seed(seed)
             pol = generate(self.policy, query, self.cfg.generation)
         texts = [t.strip() for t in self.policy.tokenizer.batch_decode(ref + pol, skip_special_tokens=True)]
-        scores = self.scorer.score(texts)
-        return texts[0], scores[0], texts[1], scores[1]
+        scored = self.scorer.score_batch(texts)
+        rewards_ = rewards(scored, self.cfg.reward.use_logit, self.scorer.name)
+        ref_answer, pol_answer = (Answer(texts[i], rewards_[i], scored.scores[i]) for i in (0, 1))
+        return ref_answer, pol_answer
 
     def evaluate(self, prompts: Sequence[PromptRef], seed: int = 1234):
         """`rlhf.evaluate.evaluate` of the policy as it is now against the reference, on these prompts.
@@ -213,7 +226,7 @@ class Engine:
             return evaluate(
                 self.policy,
                 self.scorer,
-                False,
+                self.cfg.reward.use_logit,
                 rows,
                 queries,
                 gen,

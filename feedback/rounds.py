@@ -194,7 +194,12 @@ class RoundRunner:
                     f"only {len(gens)} training prompts fit the policy's max_query_tokens, fewer than the batch size "
                     f"{batch_size}; import more prompts or lower the batch size"
                 )
-            yield [PPOSample(-1, g.query_ids, g.response_ids, g.logprobs, g.model_score) for g in gens]
+            yield [
+                PPOSample(
+                    -1, g.query_ids, g.response_ids, g.logprobs, self.svc.model_reward(g.model_score, g.model_logit)
+                )
+                for g in gens
+            ]
 
 
 class _Cancelled(Exception):
@@ -213,6 +218,11 @@ def _summary(before, after) -> dict | None:
         "after_mean": after.policy.reward_mean,
         "after_std": after.policy.reward_std,
         "reference_mean": after.reference.reward_mean,
+        "before_toxicity": before.policy.toxicity_mean,
+        "after_toxicity": after.policy.toxicity_mean,
+        "reference_toxicity": after.reference.toxicity_mean,
+        "toxicity_change_vs_reference": after.toxicity_change,
+        "toxicity_change_ci95": list(after.toxicity_change_ci95),
         "relative_change_vs_reference": after.relative_change,
         "relative_change_ci95": list(after.relative_change_ci95),
         "kl_to_reference": after.kl_to_reference,

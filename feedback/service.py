@@ -39,6 +39,7 @@ from feedback.types import (
     RoundInfo,
     VersionInfo,
 )
+from rlhf.scorers import reward_of
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class FeedbackService:
     low_water: refill when fewer unrated items of the current version remain.
     refill_size: prompts per refill.
     strategy: default queue order: fewest, uncertain or disagreement.
+    use_logit: the run config's `reward.use_logit`: model mode rewards with the classifier's logit (margin), as
+        `rlhf train` does (`rlhf.scorers.reward_of`); Blend mixes its probability with the human [0, 1] score.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class FeedbackService:
         low_water: int = 8,
         refill_size: int = 16,
         strategy: str = "fewest",
+        use_logit: bool = False,
     ):
         if strategy not in STRATEGIES:
             raise ValueError(f"queue strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -81,6 +85,7 @@ class FeedbackService:
         self.low_water = low_water
         self.refill_size = refill_size
         self.strategy = strategy
+        self.use_logit = use_logit
         self._refill_lock = threading.Lock()
         self.last_refill_error: str | None = None
 
@@ -480,16 +485,15 @@ class FeedbackService:
                 )
                 if g.id in humans
             ][:limit]
-            model = [g.model_score for g in gens]
             human = [mean_or_none(humans[g.id]) for g in gens]
-            by_mode = {m: blend(model, human, m, weight) for m in ("model", "human", "blend")}
+            by_mode = self._rewards_by_mode(gens, human, weight)
             return [
                 PreviewRow(
                     g.id,
                     g.prompt.text,
                     g.response,
                     len(humans[g.id]),
-                    model[i],
+                    gens[i].model_score,
                     human[i],
                     by_mode["model"][i],
                     by_mode["human"][i],
@@ -497,6 +501,23 @@ class FeedbackService:
                 )
                 for i, g in enumerate(gens)
             ]
+
+    def model_reward(self, score: float | None, logit: float | None) -> float | None:
+        """What model mode trains on for a stored item: `rlhf.scorers.reward_of`, as the CLI. None (the item is
+        left out) when the item lacks the number: unscored, or stored without a logit by a scorer that has none."""
+        if score is None or (self.use_logit and logit is None):
+            return None
+        return reward_of(score, logit, self.use_logit)
+
+    def _rewards_by_mode(self, gens: Sequence[Generation], human: list[float | None], weight: float) -> dict:
+        """Per mode, the reward of each generation: model = the CLI's reward; human and blend mix [0, 1] scores
+        (the classifier's P(not offensive) with the mean human score)."""
+        probability = [g.model_score for g in gens]
+        return {
+            "model": [self.model_reward(g.model_score, g.model_logit) for g in gens],
+            "human": blend(probability, human, "human", weight),
+            "blend": blend(probability, human, "blend", weight),
+        }
 
     def agreement(self) -> float | None:
         """Krippendorff's alpha (interval) over every binary / 1-5 rating in the store."""
@@ -524,7 +545,7 @@ class FeedbackService:
             )
             humans = _human_scores(s, [g.id for g in gens])
             human = [mean_or_none(humans.get(g.id, [])) for g in gens]
-            rewards = blend([g.model_score for g in gens], human, mode, weight)
+            rewards = self._rewards_by_mode(gens, human, weight)[mode]
             out = [
                 (h is None, PPOSample(g.id, list(g.query_ids), list(g.response_ids), list(g.logprobs), r))
                 for g, h, r in zip(gens, human, rewards, strict=True)

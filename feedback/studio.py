@@ -78,7 +78,11 @@ class Studio:
         self.downloads = Downloads(self.data_dir / "exports")  # emptied here: a restart ends every link
         self.db_engine = make_engine(url)
         upgrade(self.db_engine)
-        self.svc = FeedbackService(make_session_factory(self.db_engine), refill_size=options.pool_size)
+        self.svc = FeedbackService(
+            make_session_factory(self.db_engine),
+            refill_size=options.pool_size,
+            use_logit=self.cfg.reward.use_logit,
+        )
         interrupted = self.svc.mark_interrupted_rounds()
         if interrupted:
             self.log(f"{interrupted} training round(s) were cut off when the app last stopped; marked interrupted")
@@ -157,8 +161,8 @@ class Studio:
         if self.runner is not None and self.runner.running:
             raise ValueError(f"a training round is running; {what} when it has finished (or cancel it)")
 
-    def compare(self, version_id: int, text: str, seed: int = 0) -> tuple[str, float, str, float]:
-        """Reference and `version_id` answers to one prompt, with their classifier scores."""
+    def compare(self, version_id: int, text: str, seed: int = 0):
+        """Reference and `version_id` answers to one prompt, with their rewards (`Engine.answer`)."""
         engine = self.require_engine()
         if not text or not text.strip():
             raise ValueError("type a prompt or pick a held-out one")

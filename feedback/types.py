@@ -98,7 +98,7 @@ class PreviewRow:
     prompt: str
     response: str
     n_human: int
-    model_score: float | None
+    model_score: float | None  # the classifier's P(not offensive)
     human_score: float | None
     model: float | None
     human: float | None

@@ -227,7 +227,10 @@ def seed_preset() -> RunConfig:
             lora=LoRAConfig(r=32, alpha=32, dropout=0.05, target_modules=["q", "v"]),
         ),
         generation=GenerationConfig(min_new_tokens=100, max_new_tokens=400, top_k=0, top_p=1.0),
-        reward=RewardConfig(name_or_path="facebook/roberta-hate-speech-dynabench-r4-target", label="nothate"),
+        # the recipe rewards with the raw "nothate" logit (its pipeline runs with function_to_apply="none")
+        reward=RewardConfig(
+            name_or_path="facebook/roberta-hate-speech-dynabench-r4-target", label="nothate", use_logit=True
+        ),
         ppo=PPOConfig(learning_rate=1.41e-5, batch_size=16, mini_batch_size=4, ppo_epochs=1),
         data=DataConfig(source="knkarthick/dialogsum", split="train", text_column="dialogue", summary_column="summary"),
     )

@@ -14,7 +14,7 @@ from rlhf.config import GenerationConfig
 from rlhf.models import Policy
 from rlhf.ppo import generate, response_logprobs, rollout
 from rlhf.prompts import Prompt
-from rlhf.scorers import RewardScorer, Scores
+from rlhf.scorers import RewardScorer, Scores, rewards
 
 
 @dataclass
@@ -153,7 +153,7 @@ def sample_reference(
 
 
 def _rewards(scored: Scores, use_logit: bool) -> list[float]:
-    return scored.logits if use_logit and scored.logits is not None else scored.scores
+    return rewards(scored, use_logit)
 
 
 def evaluate(

@@ -115,15 +115,27 @@ def load_scorer(cfg: RewardConfig, device: str = "auto") -> RewardScorer:
     return ClassifierScorer(cfg.name_or_path, cfg.label, cfg.batch_size, cfg.max_length, device)
 
 
+def reward_of(score: float, logit: float | None, use_logit: bool, name: str = "the scorer") -> float:
+    """The one number PPO optimises for one scored text: the label's probability, or its raw logit (margin) with
+    `reward.use_logit`. Everything that trains, shows, previews or evaluates a reward goes through here: the
+    CLI's `reward_fn`, the app's rounds, its stored items and previews, and `rlhf.evaluate`."""
+    if not use_logit:
+        return score
+    if logit is None:
+        raise ValueError(f"{name} has no logits; drop --reward.use_logit")
+    return logit
+
+
+def rewards(scored: Scores, use_logit: bool, name: str = "the scorer") -> list[float]:
+    """`reward_of` for a batch."""
+    logits = scored.logits if scored.logits is not None else [None] * len(scored.scores)
+    return [reward_of(s, x, use_logit, name) for s, x in zip(scored.scores, logits, strict=True)]
+
+
 def reward_fn(scorer: RewardScorer, use_logit: bool) -> Callable[[Sequence[str]], list[float]]:
-    """The number PPO optimises: the probability, or the raw logit where asked and available."""
+    """texts -> the rewards PPO optimises (see `reward_of`)."""
 
     def fn(texts: Sequence[str]) -> list[float]:
-        out = scorer.score_batch(texts)
-        if use_logit:
-            if out.logits is None:
-                raise ValueError(f"scorer {scorer.name!r} has no logits; drop --reward.use_logit")
-            return out.logits
-        return out.scores
+        return rewards(scorer.score_batch(texts), use_logit, f"scorer {scorer.name!r}")
 
     return fn

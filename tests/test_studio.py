@@ -107,9 +107,10 @@ def test_human_mode_needs_enough_rated_items(studio):
 
 def test_compare_answers_with_the_reference_and_the_chosen_version(studio):
     version = studio.svc.current_version()
-    ref, ref_score, pol, pol_score = studio.compare(version.id, "#Person1#: hello.\n#Person2#: hi!")
-    assert (ref, ref_score) == (pol, pol_score)  # v0 is the reference itself; same seed, same sample
-    assert 0.0 <= ref_score <= 1.0
+    ref, pol = studio.compare(version.id, "#Person1#: hello.\n#Person2#: hi!")
+    assert ref == pol  # v0 is the reference itself; same seed, same sample
+    assert 0.0 <= ref.p_not_offensive <= 1.0
+    assert ref.reward == pytest.approx(_cli_rewards(studio, [ref.text])[0], abs=1e-5)
     with pytest.raises(ValueError, match="type a prompt"):
         studio.compare(version.id, "  ")
 
@@ -149,3 +150,36 @@ def test_evaluations_sample_the_reference_once_per_prompt_set(studio, monkeypatc
     assert after.reference == first.reference  # the same samples, the same figures
     assert first.policy == first.reference  # the base version is the reference
     assert fewer.n_prompts == 3
+
+
+def _cli_rewards(studio, texts: list[str]) -> list[float]:
+    """What `python -m rlhf train` optimises for these texts, with its own scorer loaded from the config."""
+    from rlhf.scorers import load_scorer, reward_fn
+
+    return reward_fn(load_scorer(studio.cfg.reward, "cpu"), studio.cfg.reward.use_logit)(texts)
+
+
+def test_the_app_trains_shows_and_evaluates_the_reward_the_cli_optimises(studio):
+    assert studio.cfg.reward.use_logit  # the offline preset rewards with the classifier's margin, not P
+    # model-mode rounds: the rewards of a fresh batch
+    settings = RoundSettings(mode="model", steps=1, batch_size=4, mini_batch_size=2)
+    batch = next(studio.runner._batches(settings, 4, seed=0))
+    tok = studio.engine.policy.tokenizer
+    texts = [t.strip() for t in tok.batch_decode([s.response_ids for s in batch], skip_special_tokens=True)]
+    cli = _cli_rewards(studio, texts)
+    assert [s.reward for s in batch] == pytest.approx(cli, abs=1e-5)
+    probabilities = studio.engine.scorer.score(texts)
+    assert [s.reward for s in batch] != pytest.approx(probabilities, abs=1e-3)
+
+    # stored items: the preview's model-mode reward and replayed model-mode samples
+    _rate_some(studio, 4)
+    rows = studio.svc.preview("model")
+    assert rows and [r.model for r in rows] == pytest.approx(_cli_rewards(studio, [r.response for r in rows]), abs=1e-5)
+    assert [r.model_score for r in rows] == pytest.approx(studio.engine.scorer.score([r.response for r in rows]))
+    replay = {s.generation_id: s.reward for s in studio.svc.ppo_samples("model")}
+    assert [replay[r.generation_id] for r in rows] == pytest.approx([r.model for r in rows])
+
+    # evaluation (the round history's before / after): the mean of the same function over the policy's answers
+    ev = studio.evaluate(studio.svc.current_version().id, 4)
+    answers = [s["policy"] for s in ev.samples]
+    assert ev.policy.reward_mean == pytest.approx(sum(_cli_rewards(studio, answers)) / len(answers), abs=1e-5)
