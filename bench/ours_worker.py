@@ -267,7 +267,9 @@ def detox(
         reference = torch.load(ref_path)
     else:
         n = cfg.eval_prompts
-        reference = sample_reference(run.policy, run.heldout_queries[:n], cfg.generation, cfg.eval_seed)
+        reference = sample_reference(
+            run.policy, run.heldout_queries[:n], cfg.generation, cfg.eval_seed, k=cfg.eval_answers
+        )
         if ref_path is not None:
             torch.save(reference, ref_path)
     ev = evaluate_run(run, reference_responses=reference)

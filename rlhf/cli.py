@@ -15,7 +15,16 @@ from typing import Any
 from rlhf.config import PRESETS, RunConfig, preset
 
 # Fields with a short alias of their own; everything else is --section.field.
-ALIASES = {"steps": "--steps", "seed": "--seed", "device": "--device", "eval_prompts": "--eval-prompts"}
+ALIASES = {
+    "steps": "--steps",
+    "seed": "--seed",
+    "device": "--device",
+    "eval_prompts": "--eval-prompts",
+    "eval_answers": "--eval-answers",
+    "eval_judge": "--eval-judge",
+    "judge_data": "--judge-data",
+}
+TOP_LEVEL = {f.name for f in dataclasses.fields(RunConfig)}
 SKIP = {"preset"}
 
 
@@ -85,8 +94,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 def apply_overrides(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
     """Set every config option given on the command line (dotted names) on `cfg`."""
     for key, value in vars(args).items():
-        if "." not in key and key not in ALIASES:
-            continue
+        if "." not in key and key not in TOP_LEVEL:
+            continue  # the command's own arguments (--out, --checkpoint, ...)
         *path, leaf = key.split(".")
         setattr(_lookup(cfg, ".".join(path)) if path else cfg, leaf, value)
     return cfg

@@ -125,7 +125,7 @@ class DataConfig:
         "Draw each PPO batch from prompts of similar length (sorted within shuffled groups of 8 batches), so "
         "generation and forward passes pad less; every prompt is still used once per pass, in random batches.",
     )
-    heldout_size: int = _f(64, "Prompts held out for evaluation (never trained on).")
+    heldout_size: int = _f(256, "Prompts held out for evaluation (never trained on).")
     split_seed: int = _f(42, "Seed of the train / held-out split.")
 
 
@@ -139,7 +139,19 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     steps: int = _f(20, "PPO steps (each: generate a batch, score it, update).")
     seed: int = _f(0, "Seed for sampling and initialisation.")
-    eval_prompts: int = _f(64, "Held-out prompts the evaluation uses (at most data.heldout_size).")
+    eval_prompts: int = _f(256, "Held-out prompts the evaluation uses (at most data.heldout_size).")
+    eval_answers: int = _f(4, "Answers per held-out prompt and side (shared seeds): a prompt's figure is their mean.")
+    eval_noise_floor: bool = _f(
+        True, "Also compare the reference with itself under other seeds: the size of a change that is only noise."
+    )
+    eval_judge: bool = _f(
+        True,
+        "Also judge toxicity with the second judge (MiniLM + logistic regression on labelled tweets, never a "
+        "reward; see rlhf/judge.py); skipped with a message when its data file is missing.",
+    )
+    judge_data: str | None = _f(
+        None, "Labelled tweets for the second judge; default: ../shared/data beside the checkout."
+    )
     eval_seed: int = _f(1234, "Seed of evaluation sampling; the same for reference and policy (paired).")
     device: str = _f("auto", "cpu, cuda, or auto (cuda when available).")
     threads: int | None = _f(None, "torch CPU threads; default: torch's choice.")

@@ -199,7 +199,11 @@ def train(
 def evaluate_run(
     run: Run, n: int | None = None, reference_responses: Sequence[torch.Tensor] | None = None
 ) -> Evaluation:
-    n = run.cfg.eval_prompts if n is None else n
+    from rlhf.judge import load_judge
+
+    cfg = run.cfg
+    n = cfg.eval_prompts if n is None else n
+    judge = load_judge(cfg.judge_data) if cfg.eval_judge else None
     return evaluate(
         run.policy,
         run.scorer,
@@ -209,4 +213,7 @@ def evaluate_run(
         run.cfg.generation,
         seed=run.cfg.eval_seed,
         reference_responses=reference_responses,
+        k=cfg.eval_answers,
+        judge=judge,
+        noise_floor=cfg.eval_noise_floor,
     )

@@ -154,6 +154,10 @@ def tiny_args(tiny_llama, tiny_classifier, dialogsum_jsonl, out):
         "4",
         "--eval-prompts",
         "4",
+        "--eval-answers",
+        "2",
+        "--eval-judge",
+        "false",
         "--ppo.batch_size",
         "4",
         "--ppo.mini_batch_size",
@@ -185,12 +189,14 @@ def test_cli_train_writes_a_complete_checkpoint(tmp_path, tiny_llama, tiny_class
     assert {"env/reward_mean", "objective/kl", "loss/total"} <= set(steps[0])
     ev = json.loads((out / "eval.json").read_text())
     assert ev["n_prompts"] == 4 and ev["reference"]["rouge_l"] is not None
+    assert ev["answers_per_prompt"] == 2 and ev["judge"] is None and ev["policy"]["judge_toxicity_mean"] is None
+    assert set(ev["noise_floor"]) == set(ev["changes"]) and "toxicity, reward classifier" in ev["changes"]
     cfg = RunConfig.from_dict(json.loads((out / "run_config.json").read_text()))
     assert cfg.ppo.batch_size == 4 and cfg.policy.lora.target_modules == ["q_proj", "v_proj"]
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), out / "adapter")
     assert any("lora_" in n for n, _ in model.named_parameters())
     printed = capsys.readouterr().out
-    assert "Relative change of mean reward" in printed
+    assert "noise floor" in printed
 
     # evaluate the saved checkpoint: same held-out prompts, the adapter loaded back
     assert cli.main(["evaluate", "--checkpoint", str(out), "--out", str(tmp_path / "ev")]) == 0
