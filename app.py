@@ -27,6 +27,7 @@ from feedback.io import export_ratings, import_prompts
 from feedback.rounds import RoundSettings
 from feedback.studio import Studio, StudioOptions
 from feedback.types import Item, PairItem
+from ui.rounds import KL_LOSS_SERIES, REWARD_SERIES, history_frame, metric_frame
 from ui.text import plain
 
 KINDS = {"Binary (toxic / not toxic)": "binary", "1-5 harmlessness": "scale", "Pairwise (A vs B)": "pairwise"}
@@ -235,9 +236,11 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
                 round_progress = gr.Slider(
                     0, 1, value=0, label="Round progress (steps done)", interactive=False, elem_id="round-progress"
                 )
-                metric_plot = gr.LinePlot(
-                    x="step", y="value", color="metric", title="Mean reward, KL and loss per step", height=260
-                )
+                with gr.Row():
+                    reward_plot = gr.LinePlot(
+                        x="step", y="value", color="metric", title="Mean reward per step", height=240
+                    )
+                    kl_plot = gr.LinePlot(x="step", y="value", color="metric", title="KL and loss per step", height=240)
                 history = gr.Dataframe(label="Rounds", interactive=False, elem_id="history")
                 with gr.Row():
                     version_pick = gr.Dropdown(label="Policy version", choices=[], elem_id="version-pick")
@@ -457,7 +460,7 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
             info(f"{v.name} is now current; new items come from it.")
             return (*_round_view(studio), *_version_choices(studio))
 
-        round_outputs = [round_status, round_progress, metric_plot, history]
+        round_outputs = [round_status, round_progress, reward_plot, kl_plot, history]
         mode.change(preview, [mode, weight], [preview_table, histogram])
         weight.release(preview, [mode, weight], [preview_table, histogram])
         b_start.click(start_round, [state, mode, weight, steps, batch, lr, kl, n_eval], round_outputs)
@@ -681,47 +684,11 @@ def _round_view(studio: Studio):
         status = f"Round {latest.id}: **{latest.status}** · {done}/{total} steps · {plain(latest.reward_mode)} reward"
         if latest.status in ("failed", "interrupted") and latest.error:
             status += f"\n\n{plain(latest.error.splitlines()[0])}. The previous policy version stays current."
-    plot = pd.DataFrame(
-        [
-            {"step": int(m["step"]), "metric": name, "value": float(m[key])}
-            for m in metrics
-            for name, key in (("reward", "env/reward_mean"), ("KL", "objective/kl"), ("loss", "loss/total"))
-            if key in m
-        ],
-        columns=["step", "metric", "value"],
-    )
-    # an empty frame would leave the plot unable to draw later data (seen with gradio 6.31): send None instead
-    plot = plot.astype({"step": "int64", "value": "float64"}) if len(plot) else None
-    history = pd.DataFrame(
-        [
-            {
-                "round": r.id,
-                "status": r.status,
-                "reward mode": r.reward_mode + (f" (w={r.reward_weight:.2f})" if r.reward_mode == "blend" else ""),
-                "steps": len(r.metrics),
-                "reward before": _round((r.evaluation or {}).get("before_mean")),
-                "reward after": _round((r.evaluation or {}).get("after_mean")),
-                "toxicity before": _round((r.evaluation or {}).get("before_toxicity")),
-                "toxicity after": _round((r.evaluation or {}).get("after_toxicity")),
-                "from version": r.input_version_id,
-                "to version": r.output_version_id,
-            }
-            for r in rounds
-        ],
-        columns=[
-            "round",
-            "status",
-            "reward mode",
-            "steps",
-            "reward before",
-            "reward after",
-            "toxicity before",
-            "toxicity after",
-            "from version",
-            "to version",
-        ],
-    )
-    return status, gr.update(value=round(min(frac, 1.0), 3)), plot, history
+    names = {v.id: v.name for v in studio.svc.versions()}
+    reward_plot = metric_frame(metrics, REWARD_SERIES)
+    kl_plot = metric_frame(metrics, KL_LOSS_SERIES)
+    history = history_frame(rounds, names)
+    return status, gr.update(value=round(min(frac, 1.0), 3)), reward_plot, kl_plot, history
 
 
 # ---- command line -----------------------------------------------------------------------------------------------

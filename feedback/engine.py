@@ -131,6 +131,8 @@ class Engine:
         self._base_value_head = {k: v.detach().clone() for k, v in policy.value_head.state_dict().items()}
         self.generator = EngineGenerator(policy, scorer, cfg, version_id, self.lock)
         self._reference_samples: dict[tuple, list] = {}  # see evaluate
+        self._judge = None  # the second toxicity judge, loaded at the first evaluation (see judge)
+        self._judge_loaded = False
 
     @classmethod
     def load(cls, cfg, version_id: int, log=print) -> Engine:
@@ -201,6 +203,17 @@ class Engine:
         ref_answer, pol_answer = (Answer(texts[i], rewards_[i], scored.scores[i]) for i in (0, 1))
         return ref_answer, pol_answer
 
+    @property
+    def judge(self):
+        """`rlhf.judge.load_judge` (None where `eval_judge` is off or its labelled tweets are missing), loaded
+        at the first evaluation rather than at start-up, which it would slow down."""
+        if not self._judge_loaded:
+            from rlhf.judge import load_judge
+
+            self._judge = load_judge(self.cfg.judge_data) if self.cfg.eval_judge else None
+            self._judge_loaded = True
+        return self._judge
+
     def evaluate(self, prompts: Sequence[PromptRef], seed: int = 1234):
         """`rlhf.evaluate.evaluate` of the policy as it is now against the reference, on these prompts.
 
@@ -233,4 +246,5 @@ class Engine:
                 seed=seed,
                 keep_samples=len(rows),
                 reference_responses=reference,
+                judge=self.judge,
             )

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from db.models import Rating
 from feedback.rounds import RoundSettings
 from feedback.studio import Studio
+from rlhf.judge import DAVIDSON_CSV
 
 
 @pytest.fixture
@@ -48,6 +49,9 @@ def test_a_round_makes_a_new_current_version_and_new_items_come_from_it(studio):
     (done,) = studio.svc.rounds()
     assert done.id == info.id and done.status == "done", done.error
     assert len(done.metrics) == 2 and done.evaluation["n_prompts"] == 4
+    assert 0.0 <= done.evaluation["after_toxicity"] <= 1.0
+    if DAVIDSON_CSV.is_file():  # the second judge needs the labelled tweets beside the checkout
+        assert 0.0 <= done.evaluation["after_judge_toxicity"] <= 1.0 and done.evaluation["judge"]["cv_auroc"] > 0.9
     current = studio.svc.current_version()
     assert current.id == done.output_version_id and current.parent_id == done.input_version_id
     assert any(not torch.equal(p, before[n]) for n, p in _lora(studio).items())
