@@ -58,8 +58,12 @@ class GenerationConfig:
     min_new_tokens: int = _f(16, "Response length is drawn per batch between min_new_tokens and max_new_tokens.")
     max_new_tokens: int = _f(32, "Upper bound of the per-batch response length.")
     temperature: float = _f(1.0, "Sampling temperature; also divides the logits when computing log-probs.")
-    top_k: int = _f(0, "Top-k sampling (0 = off: sample from the full distribution, as PPO assumes).")
-    top_p: float = _f(1.0, "Nucleus sampling (1.0 = off).")
+    top_k: int = _f(
+        0,
+        "Top-k sampling (0 = off: sample from the full distribution, as PPO assumes; when on, rollouts record "
+        "log-probs under the truncated distribution they sample from).",
+    )
+    top_p: float = _f(1.0, "Nucleus sampling (1.0 = off; when on, as top_k).")
     batch_size: int = _f(16, "Prompts generated at once.")
 
 

@@ -6,10 +6,11 @@ can drive an update. The maths lives in `rlhf.core`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,13 +37,71 @@ def eos_token_ids(policy: Policy) -> set[int]:
     return ids
 
 
+# Every logits processor `generate` can add on its own (transformers 5.x, generation/utils.py
+# `_get_logits_processor`), at the value that adds none, and plain one-sample ancestral sampling: the tokens are
+# drawn from softmax(logits / temperature) (top_k / top_p as configured), the distribution PPO's ratio divides by.
+# A model's generation_config.json would otherwise put its own repetition_penalty, bad_words_ids, ... in.
+NEUTRAL_SAMPLING = {
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "min_length": 0,
+    "min_new_tokens": None,  # 0 would still set min_length to the prompt's length
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "min_p": None,
+    "top_h": None,
+    "guidance_scale": None,
+    "sequence_bias": None,
+    "bad_words_ids": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "exponential_decay_length_penalty": None,
+    "watermarking_config": None,
+    "renormalize_logits": False,
+    "remove_invalid_values": False,
+    "num_beams": 1,
+    "num_beam_groups": 1,
+    "diversity_penalty": 0.0,
+    "num_return_sequences": 1,
+    "penalty_alpha": None,
+    "dola_layers": None,
+    "token_healing": None,
+}
+
+
+@contextlib.contextmanager
+def _sampling_settings_only(policy: Policy, hf_gen) -> Iterator[None]:
+    """Let `generate` see `hf_gen` as the model's own generation config for the call.
+
+    `generate` fills every field left None in the config it is given from `model.generation_config` (the model's
+    generation_config.json), and None is the neutral value of many processors (bad_words_ids, suppress_tokens,
+    forced_eos_token_id, ...): no value we pass keeps those out. With `hf_gen` standing in for the model's config
+    the only fallback left is transformers' global defaults, which add no processor (top_k aside: we set it).
+    The policy serves one caller at a time (the app holds its lock while generating).
+    """
+    model = policy.model.get_base_model()
+    own = model.generation_config
+    model.generation_config = hf_gen
+    try:
+        yield
+    finally:
+        model.generation_config = own
+
+
 @dataclass
 class Rollout:
     """Sampled responses with what the policy computed while sampling them.
 
-    logprobs[i][t] is log pi(response_i[t]) at the sampling temperature and values[i][t] the value head on the
-    hidden state that predicted that token: exactly what `PPOTrainer.step` would otherwise recompute with a
-    second forward pass (`old_logprobs`, `old_values`).
+    logprobs[i][t] is the log-prob of response_i[t] under the distribution it was drawn from (`generate`'s
+    processed scores: the policy at the sampling temperature, after top_k / top_p when those are on) and values[i][t]
+    the value head on the hidden state that predicted that token. With top_k and top_p off (the defaults) this is
+    exactly what `PPOTrainer.step` would otherwise recompute with a second forward pass (`old_logprobs`,
+    `old_values`); tests/test_ppo.py checks it on models whose own generation config asks for other processors.
     """
 
     responses: list[torch.Tensor]
@@ -86,6 +145,7 @@ def _generate(
 
     eos = eos_token_ids(policy)
     hf_gen = HFGenerationConfig(
+        **NEUTRAL_SAMPLING,
         do_sample=do_sample,
         temperature=gen.temperature if do_sample else None,
         top_k=gen.top_k if do_sample else None,
@@ -95,7 +155,7 @@ def _generate(
         eos_token_id=sorted(eos),
         decoder_start_token_id=getattr(policy.model.config, "decoder_start_token_id", None),
         return_dict_in_generate=with_stats,
-        output_logits=with_stats,
+        output_scores=with_stats,
         output_hidden_states=with_stats,
     )
     out = Rollout([], [], [])
@@ -109,18 +169,19 @@ def _generate(
         side = "right" if policy.is_encoder_decoder else "left"
         ids = pad(chunk, padding_value=policy.pad_token_id, padding_side=side)
         mask = pad([torch.ones_like(q) for q in chunk], padding_value=0, padding_side=side)
-        result = policy.model.generate(input_ids=ids, attention_mask=mask, generation_config=hf_gen)
+        with _sampling_settings_only(policy, hf_gen):
+            result = policy.model.generate(input_ids=ids, attention_mask=mask, generation_config=hf_gen)
         seqs = result.sequences if with_stats else result
         seqs = seqs[:, 1:] if policy.is_encoder_decoder else seqs[:, ids.shape[1] :]
         responses = [truncate_after_eos(row, eos) for row in seqs]
         out.responses += [r.cpu() for r in responses]
         if with_stats:
-            # step k's logits predict new token k; its last hidden state (decoder side) at the last position
-            # is the one that made them, which is where the value head reads.
+            # step k's scores (logits / temperature, after top_k / top_p) are what new token k was drawn from;
+            # its last hidden state (decoder side) at the last position made them, which is where the value head reads.
             lps = torch.stack(
                 [
-                    core.logprobs_from_logits(step_logits[:, None].float() / gen.temperature, seqs[:, k, None])[:, 0]
-                    for k, step_logits in enumerate(result.logits)
+                    core.logprobs_from_logits(step_scores[:, None].float(), seqs[:, k, None])[:, 0]
+                    for k, step_scores in enumerate(result.scores)
                 ],
                 dim=1,
             )  # (B, steps), one step's vocabulary at a time

@@ -328,3 +328,54 @@ def test_generation_over_several_batches_answers_in_input_order(tiny_llama):
         with torch.no_grad():
             logits, _ = policy(batch)
         torch.testing.assert_close(ro.logprobs[i], logprobs_from_logits(logits, batch.responses)[0], atol=1e-4, rtol=0)
+
+
+def _with_generation_settings(src, dst, eos_id):
+    """A copy of a tiny model whose generation_config.json asks for every kind of logits processor."""
+    import shutil
+
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    shutil.copytree(src, dst)
+    HFGenerationConfig(
+        do_sample=True,
+        temperature=0.7,
+        top_k=5,
+        repetition_penalty=1.3,
+        no_repeat_ngram_size=2,
+        min_length=4,
+        min_new_tokens=6,
+        bad_words_ids=[[5], [6, 7]],
+        sequence_bias=[[[8], -4.0]],
+        suppress_tokens=list(range(10, 200)),
+        begin_suppress_tokens=[200, 201],
+        forced_eos_token_id=eos_id,
+        exponential_decay_length_penalty=(2, 1.5),
+        typical_p=0.9,
+        epsilon_cutoff=3e-4,
+        renormalize_logits=True,
+    ).save_pretrained(dst)
+    return dst
+
+
+def test_rollout_samples_from_the_distribution_it_records_whatever_the_model_ships(arch, tmp_path):
+    """A model's own generation config (repetition penalty, suppressed and bad words, forced EOS, ...) must not
+    reach the sampler: the log-probs of what was sampled equal the policy's forward-pass log-probs. Before the
+    neutral settings the two differed by up to 6-7 nats on these models."""
+    from rlhf.ppo import response_logprobs
+
+    kind, path = arch
+    policy = make_policy(path, kind)
+    noisy = make_policy(_with_generation_settings(path, tmp_path / kind, policy.tokenizer.eos_token_id), kind)
+    assert noisy.model.generation_config.repetition_penalty == 1.3
+    q = queries_for(noisy, 4)
+    gen = GenerationConfig(min_new_tokens=2, max_new_tokens=12, temperature=0.8, batch_size=4)
+    torch.manual_seed(0)
+    ro = rollout(noisy, q, gen)
+    forward = response_logprobs(noisy, q, ro.responses, gen.temperature)
+    for recorded, want in zip(ro.logprobs, forward, strict=True):
+        torch.testing.assert_close(recorded, torch.tensor(want), atol=1e-4, rtol=0)
+    assert noisy.model.generation_config.repetition_penalty == 1.3, "the model's own settings are put back"
+    torch.manual_seed(0)
+    plain = rollout(policy, q, gen)
+    assert [r.tolist() for r in plain.responses] == [r.tolist() for r in ro.responses], "same network, same samples"
