@@ -197,6 +197,8 @@ def ppo_loss(
             "policy/policykl": masked_mean(-diff, mask).item(),
             "policy/clipfrac": pg_clipfrac.item(),
             "policy/ratio_mean": avg_ratio,
+            "policy/ratio_max": ratio[mask.bool()].max().item(),
+            "policy/ratio_min": ratio[mask.bool()].min().item(),
             "policy/advantages_mean": masked_mean(advantages, mask).item(),
             "returns/mean": masked_mean(returns, mask).item(),
             "returns/var": masked_var(returns, mask).item() if mask.sum() > 1 else 0.0,

@@ -349,16 +349,15 @@ class PPOTrainer:
 
         # ---- optimisation: epochs over shuffled mini-batches ---------------------------------------------
         mb_stats: list[dict[str, float]] = []
+        skipped = 0
         for _ in range(self.cfg.ppo_epochs):
             perm = torch.randperm(B, generator=self.generator)
             for k in range(self.n_minibatches):
                 idx = perm[k * self.cfg.mini_batch_size : (k + 1) * self.cfg.mini_batch_size].to(dev)
                 self.optimizer.zero_grad(set_to_none=True)
                 stats = self._accumulate_gradients(batch, idx, logprobs, values, advantages, returns)
-                if self.cfg.max_grad_norm is not None:
-                    gn = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.cfg.max_grad_norm)
-                    stats["policy/grad_norm"] = float(gn)
-                self.optimizer.step()
+                if not self._apply_gradients(stats):
+                    skipped += 1
                 mb_stats.append(stats)
 
         # ---- bookkeeping ------------------------------------------------------------------------------
@@ -366,10 +365,11 @@ class PPOTrainer:
         kl_coef = self.kl_ctl.value
         self.kl_ctl.update(mean_kl, B)
         self.step_count += 1
-        stats = {k: sum(s[k] for s in mb_stats) / len(mb_stats) for k in mb_stats[0]}
+        stats = _combine_minibatches(mb_stats)
         stats.update(
             {
                 "step": self.step_count,
+                "ppo/skipped_minibatches": skipped,
                 "env/reward_mean": raw_scores.mean().item(),
                 "env/reward_std": raw_scores.std().item() if B > 1 else 0.0,
                 "objective/kl": mean_kl,
@@ -382,6 +382,25 @@ class PPOTrainer:
             }
         )
         return stats
+
+    def _apply_gradients(self, stats: dict[str, float]) -> bool:
+        """Clip and apply one mini-batch's gradients, unless the ratio guard fires; False when it skipped them.
+
+        The guard judges the mini-batch as a whole (its token-mean ratio). A guarded mini-batch skips the optimiser
+        step: weights, Adam's moments and its step count stay as they were. trl 0.11.4 multiplies the loss by zero
+        and steps anyway, and Adam then still moves every weight on its moments from earlier mini-batches.
+        """
+        lora = [p for p in self.policy.model.parameters() if p.requires_grad]
+        head = [p for p in self.policy.value_head.parameters() if p.requires_grad]
+        stats["policy/grad_norm"], stats["val/grad_norm"] = _grad_norm(lora), _grad_norm(head)  # before clipping
+        if stats["policy/ratio_mean"] > self.cfg.ratio_threshold:
+            self.optimizer.zero_grad(set_to_none=True)
+            stats.update({"loss/policy": 0.0, "loss/value": 0.0, "loss/total": 0.0})
+            return False
+        if self.cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(lora + head, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        return True
 
     def _accumulate_gradients(
         self,
@@ -397,8 +416,8 @@ class PPOTrainer:
         The loss is a masked mean over the mini-batch's response tokens, so each micro-batch's loss is weighted
         by its share of those tokens: the summed gradient equals the whole mini-batch's, in less memory. The
         stats combine the same way (all are token means except the returns' variance, taken over the whole
-        mini-batch). The ratio guard is decided on the mini-batch as a whole, as in trl 0.11.4: past
-        `ratio_threshold` the gradients are zeroed (the optimiser still steps, as trl's multiplied-by-zero loss).
+        mini-batch, and the ratio's extremes, the extremes of the micro-batches'). The ratio guard is not applied
+        here but on the summed result, so it judges the mini-batch as a whole (see `_apply_gradients`).
         """
         mask = batch.response_mask
         n_tokens = mask[idx].sum().item()
@@ -425,15 +444,28 @@ class PPOTrainer:
             share = sub.response_mask.sum().item() / n_tokens
             (out.loss * share).backward()
             for key, value in out.stats.items():
-                stats[key] = stats.get(key, 0.0) + value * share
+                if key in EXTREMES:
+                    stats[key] = EXTREMES[key](stats.get(key, value), value)
+                else:
+                    stats[key] = stats.get(key, 0.0) + value * share
         stats["returns/var"] = core.masked_var(returns[idx], mask[idx]).item() if n_tokens > 1 else 0.0
-        if stats["policy/ratio_mean"] > self.cfg.ratio_threshold:
-            # The mini-batch drifted too far from the rollout policy: learn nothing from it.
-            for p in self.policy.trainable_parameters():
-                if p.grad is not None:
-                    p.grad.zero_()
-            stats.update({"loss/policy": 0.0, "loss/value": 0.0, "loss/total": 0.0})
         return stats
+
+
+# Statistics that combine by their extreme, over micro-batches and over a step's mini-batches; all others by mean.
+EXTREMES = {"policy/ratio_max": max, "policy/ratio_min": min}
+
+
+def _combine_minibatches(mb_stats: list[dict[str, float]]) -> dict[str, float]:
+    out = {k: sum(s[k] for s in mb_stats) / len(mb_stats) for k in mb_stats[0]}
+    out.update({k: pick(s[k] for s in mb_stats) for k, pick in EXTREMES.items()})
+    return out
+
+
+def _grad_norm(params: Sequence[torch.Tensor]) -> float:
+    """L2 norm of the parameters' gradients taken together (0 when none has one)."""
+    norms = [p.grad.detach().norm() for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)).item() if norms else 0.0
 
 
 def _recorded(rows: Sequence[torch.Tensor], like: torch.Tensor, name: str) -> torch.Tensor:

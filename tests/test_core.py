@@ -1,6 +1,7 @@
 """The pure PPO functions against numbers produced by trl 0.11.4 itself (tests/fixtures/make_trl_parity.py)."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,19 @@ def test_ppo_loss_matches_trl(case, threshold):
         assert out.stats[key] == pytest.approx(exp["stats"][key], abs=1e-5), key
     if threshold < 1:
         assert out.loss.item() == 0.0
+
+
+def test_ppo_loss_reports_the_ratio_extremes_over_response_tokens():
+    old = torch.tensor([[-1.0, 1.0, -5.0]])  # ratios e, 1/e, and e^5 on a padded position
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    zeros = torch.zeros(1, 3)
+    out = core.ppo_loss(
+        old, zeros, torch.zeros(1, 3, 4), zeros, zeros, mask, torch.tensor([[1.0, -1.0, 0.0]]), zeros,
+        cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, ratio_threshold=10.0,
+    )  # fmt: skip
+    assert out.stats["policy/ratio_max"] == pytest.approx(math.e)
+    assert out.stats["policy/ratio_min"] == pytest.approx(1 / math.e)
+    assert out.stats["policy/clipfrac"] == 1.0
 
 
 def test_masked_statistics_match_trl():

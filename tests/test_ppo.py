@@ -1,5 +1,8 @@
 """PPO on tiny T5 and Llama-like policies built in a temp dir and loaded through from_pretrained."""
 
+import dataclasses
+import math
+
 import pytest
 import torch
 
@@ -234,16 +237,19 @@ def test_step_accepts_log_probs_recorded_at_sampling_time(tiny_llama):
         trainer.step(q, responses, [0.0] * 4, old_logprobs=[torch.zeros(1)] * 4)
 
 
+# different lengths, one of a single token: micro-batches pad differently and weigh their tokens differently
+MIXED_RESPONSES = [
+    torch.tensor([5, 6, 7, 8, 9, 10]),
+    torch.tensor([11]),
+    torch.tensor([12, 13, 14]),
+    torch.tensor([7, 8]),
+]
+
+
 def _step_with_micro_batches(path, kind, micro, **ppo):
     policy = make_policy(path, kind)
     q = queries_for(policy, 4)
-    # different lengths, one of a single token: micro-batches pad differently and weigh their tokens differently
-    responses = [
-        torch.tensor([5, 6, 7, 8, 9, 10]),
-        torch.tensor([11]),
-        torch.tensor([12, 13, 14]),
-        torch.tensor([7, 8]),
-    ]
+    responses = MIXED_RESPONSES
     cfg = PPOConfig(batch_size=4, mini_batch_size=4, micro_batch_size=micro, max_grad_norm=None, **ppo)
     trainer = PPOTrainer(policy, cfg, seed=0)
     # plain SGD: the new weights are linear in the gradient (Adam's first steps would hide its scale)
@@ -275,6 +281,47 @@ def test_ratio_guard_judges_the_whole_mini_batch(tiny_llama):
         assert all(s["loss/total"] == 0.0 and s["policy/ratio_mean"] == pytest.approx(1.0) for s in stats)
     with pytest.raises(ValueError, match="micro_batch_size must be at least 1"):
         PPOTrainer(make_policy(tiny_llama, "llama"), PPOConfig(batch_size=4, mini_batch_size=2, micro_batch_size=0))
+
+
+def _trainable_state(trainer):
+    """Every trainable weight (LoRA and value head) and every tensor of Adam's state, cloned."""
+    weights = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
+    adam = {
+        f"adam.{i}.{k}": v.clone() for i, s in trainer.optimizer.state_dict()["state"].items() for k, v in s.items()
+    }
+    return weights | adam
+
+
+def test_a_guarded_mini_batch_leaves_weights_and_adam_untouched(arch):
+    """Deliberately unlike trl 0.11.4, which multiplies the loss by zero and still steps: Adam then moves every
+    weight on its moments from earlier mini-batches (1.4e-2 here). A guarded mini-batch skips the step."""
+    kind, path = arch
+    policy = make_policy(path, kind)
+    q = queries_for(policy, 4)
+    responses = MIXED_RESPONSES
+    cfg = PPOConfig(learning_rate=1e-2, batch_size=4, mini_batch_size=2, max_grad_norm=0.5)
+    trainer = PPOTrainer(policy, cfg, seed=0)
+    trainer.step(q, responses, [1.0, -1.0, 0.5, 0.2])  # Adam has moments and a step count from here on
+    before = _trainable_state(trainer)
+    assert any(n.startswith("value_head.") for n in before) and any("lora_" in n for n in before)
+    assert any(n.startswith("adam.") for n in before)
+
+    trainer.cfg = dataclasses.replace(cfg, ratio_threshold=0.5)  # every mini-batch's mean ratio is about 1
+    guarded = trainer.step(q, responses, [1.0, -1.0, 0.5, 0.2])
+    after = _trainable_state(trainer)
+    assert guarded["ppo/skipped_minibatches"] == 2 and guarded["loss/total"] == 0.0
+    assert [n for n in before if not torch.equal(after[n], before[n])] == [], "bit-identical"
+
+    trainer.cfg = cfg  # the control: the same step unguarded moves every weight and Adam's state
+    control = trainer.step(q, responses, [1.0, -1.0, 0.5, 0.2])
+    after = _trainable_state(trainer)
+    assert control["ppo/skipped_minibatches"] == 0
+    assert [n for n in before if torch.equal(after[n], before[n])] == []
+    # norms before clipping: together they exceed the clip, which bounds the norm after it
+    assert control["policy/grad_norm"] > 0 and control["val/grad_norm"] > 0
+    assert math.hypot(control["policy/grad_norm"], control["val/grad_norm"]) > cfg.max_grad_norm
+    assert control["policy/ratio_min"] <= control["policy/ratio_mean"] <= control["policy/ratio_max"]
+    assert 0.0 <= control["policy/clipfrac"] <= 1.0
 
 
 def test_rollout_records_the_log_probs_and_values_a_forward_pass_computes(arch):
