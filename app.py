@@ -545,7 +545,12 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
                 raise ValueError("choose a .csv, .jsonl or .parquet file first")
             path = Path(file if isinstance(file, str) else file.name)
             report = import_prompts(
-                svc.Session, path, text_column=column.strip() or "dialogue", source=path.name, split=which
+                svc.Session,
+                path,
+                text_column=column.strip() or "dialogue",
+                source=path.name,
+                split=which,
+                max_chars=studio.options.max_prompt_chars,
             )
             return f"Imported **{report.added}** prompts into {plain(which)}; skipped **{report.duplicates}** duplicates of {report.rows} rows."
 
@@ -733,6 +738,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--heldout", type=int, default=64, help="prompts of the default set kept for evaluation")
     p.add_argument("--pool-size", type=int, default=16, help="items generated at start-up and per refill")
+    p.add_argument(
+        "--max-prompt-chars", type=int, default=20_000, help="refuse imported prompts longer than this [20000]"
+    )
     p.add_argument("--max-new-tokens", type=int, default=None, help="longest response, in tokens")
     p.add_argument(
         "--auth",
@@ -761,6 +769,7 @@ def options_from(args: argparse.Namespace) -> StudioOptions:
         prompts=args.prompts,
         heldout=args.heldout,
         pool_size=args.pool_size,
+        max_prompt_chars=args.max_prompt_chars,
         max_new_tokens=args.max_new_tokens,
     )
     if args.data_dir is not None:

@@ -23,6 +23,7 @@ from feedback.types import ImportReport
 IMPORT_FORMATS = (".csv", ".jsonl", ".parquet")
 EXPORT_FORMATS = ("jsonl", "csv", "dataset")
 MAX_REPORTED_ERRORS = 10
+MAX_PROMPT_CHARS = 20_000  # longer prompts are refused: the tokenizer would encode them at every refill
 
 
 class ImportFileError(ValueError):
@@ -39,21 +40,21 @@ def _rows(path: Path) -> Iterator[tuple[str, dict | None, str | None]]:
     """(where, row, problem) for each record; `where` names the line (or row, for Parquet)."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first record
             for n, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
-                    yield f"line {n}", None, f"not valid JSON ({err.msg} at column {err.colno})"
+                    yield f"line {n}", None, f"not valid JSON: {err.msg} (column {err.colno})"
                     continue
                 if not isinstance(row, dict):
                     yield f"line {n}", None, f"expected a JSON object, got {type(row).__name__}"
                     continue
                 yield f"line {n}", row, None
     elif suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
+        with path.open(encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames:
                 yield "line 1", None, "the file has no header row"
@@ -78,25 +79,47 @@ def _rows(path: Path) -> Iterator[tuple[str, dict | None, str | None]]:
         raise ValueError(f"{path.name}: prompts import from {', '.join(IMPORT_FORMATS)} files")
 
 
+def _text_problem(text: object, column: str, max_chars: int) -> str | None:
+    if not isinstance(text, str) or not text.strip():
+        return f"{column!r} must be non-empty text, got {text!r:.40}"
+    if "\x00" in text:
+        return f"{column!r} contains a NUL byte (character {text.index(chr(0)) + 1}); remove it and import again"
+    if len(text.strip()) > max_chars:
+        return (
+            f"{column!r} is {len(text.strip()):,} characters, over the limit of {max_chars:,}; shorten it or raise "
+            "the limit (--max-prompt-chars)"
+        )
+    return None
+
+
 def read_prompt_file(
-    path: Path, text_column: str = "dialogue", summary_column: str | None = "summary"
+    path: Path,
+    text_column: str = "dialogue",
+    summary_column: str | None = "summary",
+    max_chars: int = MAX_PROMPT_CHARS,
 ) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Parse and check every record: (rows of text / summary, errors as (where, problem))."""
+    """Parse and check every record: (rows of text / summary, errors as (where, problem)).
+
+    A text column that no record has is one error naming the columns the file does have, not one per line.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no such file: {path}")
-    rows, errors = [], []
+    rows, errors, missing, columns = [], [], [], set()
     try:
         for where, row, problem in _rows(path):
             if problem is not None:
                 errors.append((where, problem))
                 continue
+            columns.update(row)
             if text_column not in row:
-                errors.append((where, f"no {text_column!r} field (fields: {sorted(row)})"))
+                missing.append((where, f"no {text_column!r} field (fields: {sorted(row)})"))
+                errors.append(missing[-1])
                 continue
             text = row[text_column]
-            if not isinstance(text, str) or not text.strip():
-                errors.append((where, f"{text_column!r} must be non-empty text, got {text!r:.40}"))
+            problem = _text_problem(text, text_column, max_chars)
+            if problem is not None:
+                errors.append((where, problem))
                 continue
             summary = row.get(summary_column) if summary_column else None
             rows.append({"text": text.strip(), "summary": summary if isinstance(summary, str) else None})
@@ -106,6 +129,11 @@ def read_prompt_file(
         if isinstance(err, ValueError) and "import from" in str(err):
             raise
         errors.append(("file", f"{type(err).__name__}: {err}"))
+    if missing and not rows:  # the wrong column, not bad records: say so once, with the columns there are
+        errors = [e for e in errors if e not in missing]
+        errors.insert(
+            0, ("file", f"no {text_column!r} column; its columns are {sorted(columns)}: name one as the text column")
+        )
     if not rows and not errors:
         errors.append(("file", "no records"))
     return rows, errors
@@ -118,13 +146,14 @@ def import_prompts(
     summary_column: str | None = "summary",
     source: str | None = None,
     split: str = "train",
+    max_chars: int = MAX_PROMPT_CHARS,
 ) -> ImportReport:
     """Import every prompt of a file in one transaction, or none: an error anywhere names the line and writes
     nothing. Prompts already in the store, or repeated in the file, are skipped and counted."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be train or heldout, got {split!r}")
     path = Path(path)
-    rows, errors = read_prompt_file(path, text_column, summary_column)
+    rows, errors = read_prompt_file(path, text_column, summary_column, max_chars)
     if errors:
         raise ImportFileError(path, errors)
     with session_factory.begin() as s:

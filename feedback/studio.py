@@ -35,6 +35,7 @@ class StudioOptions:
     prompts: str | None = None  # overrides the preset's prompt source
     heldout: int = 64  # prompts of the default set kept for evaluation
     pool_size: int = 16  # generations made at start-up and per refill
+    max_prompt_chars: int = 20_000  # imported prompts longer than this are refused
     min_new_tokens: int | None = None
     max_new_tokens: int | None = None
     device: str = "auto"

@@ -334,6 +334,45 @@ def test_import_rejects_a_bad_file_and_writes_nothing(store, tmp_path):
         assert s.scalar(select(func.count(Prompt.id))) == 0
 
 
+def test_import_strips_a_bom_and_refuses_nul_bytes_and_huge_prompts(store, tmp_path):
+    _, Session = store
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeffprompt,source\n#Person1#: hi,x\n".encode())
+    assert import_prompts(Session, bom, text_column="prompt").added == 1
+    bom_json = tmp_path / "bom.jsonl"
+    bom_json.write_bytes('\ufeff{"prompt": "#Person1#: hello"}\n'.encode())
+    assert import_prompts(Session, bom_json, text_column="prompt").added == 1
+
+    bad = tmp_path / "bad.jsonl"
+    rows = [{"prompt": "fine"}, {"prompt": "nul \x00 here"}, {"prompt": "x" * 20_001}, {"prompt": "x" * 20_000}]
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ImportFileError) as err:
+        import_prompts(Session, bad, text_column="prompt")
+    assert [w for w, _ in err.value.errors] == ["line 2", "line 3"]
+    assert "NUL byte (character 5)" in str(err.value) and "20,001 characters, over the limit of 20,000" in str(
+        err.value
+    )
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"prompt": "y" * 20_001}) + "\n")
+    assert import_prompts(Session, long, text_column="prompt", max_chars=30_000).added == 1
+
+
+def test_a_wrong_text_column_is_one_message_naming_the_files_columns(store, tmp_path):
+    _, Session = store
+    f = tmp_path / "p.csv"
+    f.write_text("source,prompt\n" + "".join(f"s,#Person1#: line {i}\n" for i in range(10)))
+    with pytest.raises(ImportFileError) as err:
+        import_prompts(Session, f)
+    assert err.value.errors == [
+        ("file", "no 'dialogue' column; its columns are ['prompt', 'source']: name one as the text column")
+    ]
+    assert str(err.value).count("dialogue") == 1
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"dialogue": "b"\n')
+    with pytest.raises(ImportFileError, match="not valid JSON: Expecting ',' delimiter \\(column 17\\)"):
+        import_prompts(Session, broken)
+
+
 def test_import_skips_and_counts_duplicates(store, tmp_path, dialogsum_jsonl):
     _, Session = store
     first = import_prompts(Session, dialogsum_jsonl)
