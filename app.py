@@ -449,6 +449,8 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
             require_admin(st)
             if not studio.cancel_round():
                 info("No round is running.")
+            else:
+                info("Cancelling: the round stops after its current step, and the previous version stays current.")
             return _round_view(studio)
 
         @_errors_to_page
@@ -687,6 +689,8 @@ def _round_view(studio: Studio):
         frac = done / total
         metrics = latest.metrics
         status = f"Round {latest.id}: **{latest.status}** · {done}/{total} steps · {plain(latest.reward_mode)} reward"
+        if studio.runner is not None and studio.runner.cancelling and studio.runner.round_id == latest.id:
+            status += " · **cancelling** after the current step"
         if latest.status in ("failed", "interrupted") and latest.error:
             status += f"\n\n{plain(latest.error.splitlines()[0])}. The previous policy version stays current."
     names = {v.id: v.name for v in studio.svc.versions()}

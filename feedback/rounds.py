@@ -70,12 +70,20 @@ class RoundRunner:
         self.versions_dir = Path(versions_dir)
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
+        self._active = threading.Event()  # set from start until the round's outcome is stored
         self._guard = threading.Lock()
         self.round_id: int | None = None
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """A round is training or evaluating. The pool refill that follows it does not count: the next round
+        may start while it runs."""
+        return self._active.is_set()
+
+    @property
+    def cancelling(self) -> bool:
+        """Cancel was pressed and the round has not stopped yet (it stops after its current step)."""
+        return self.running and self._cancel.is_set()
 
     def start(self, settings: RoundSettings) -> RoundInfo:
         """Queue a round and start it; refuses while another runs, or when the reward mode has too few samples."""
@@ -101,6 +109,7 @@ class RoundRunner:
             info = self.svc.create_round(config, settings.mode, settings.weight)
             self.round_id = info.id
             self._cancel.clear()
+            self._active.set()
             self._thread = threading.Thread(
                 target=self._run, args=(info, settings, ppo), name=f"round-{info.id}", daemon=True
             )
@@ -172,6 +181,7 @@ class RoundRunner:
         finally:
             if staging is not None and staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+            self._active.clear()
         svc.refill_if_low()  # new items from whichever version is current now
 
     def _restore(self, version) -> None:

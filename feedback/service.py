@@ -115,7 +115,7 @@ class FeedbackService:
 
     def set_password(self, name: str, password: str, role: str | None = None) -> AnnotatorInfo:
         if len(password) < 4:
-            raise ValueError("a password needs at least 4 characters")
+            raise ValueError(f"the password of {name!r} is too short: a password needs at least 4 characters")
         info = self.annotator(name, role)
         with self.Session.begin() as s:
             s.get(Annotator, info.id).password_hash = _hash_password(password)

@@ -95,7 +95,9 @@ def test_a_cancelled_round_is_interrupted_and_changes_nothing(studio):
     version = studio.svc.current_version()
     studio.start_round(RoundSettings(mode="model", steps=50, batch_size=4, mini_batch_size=2, eval_prompts=0))
     assert studio.cancel_round()
+    assert studio.runner.cancelling  # the page says so at once, before the current step ends
     studio.runner.wait(120)
+    assert not studio.runner.cancelling
     (cancelled,) = studio.svc.rounds()
     assert cancelled.status == "interrupted" and len(cancelled.metrics) < 50
     assert studio.svc.current_version().id == version.id
@@ -187,3 +189,28 @@ def test_the_app_trains_shows_and_evaluates_the_reward_the_cli_optimises(studio)
     ev = studio.evaluate(studio.svc.current_version().id, 4)
     answers = [s["policy"] for s in ev.samples]
     assert ev.policy.reward_mean == pytest.approx(sum(_cli_rewards(studio, answers)) / len(answers), abs=1e-5)
+
+
+def test_the_next_round_may_start_while_the_last_one_refills_the_pool(studio, monkeypatch):
+    import threading
+
+    refilling, release = threading.Event(), threading.Event()
+    real = studio.svc.refill_if_low
+
+    def slow_refill(*args, **kwargs):
+        refilling.set()
+        release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(studio.svc, "refill_if_low", slow_refill)
+    settings = RoundSettings(mode="model", steps=1, batch_size=4, mini_batch_size=2, eval_prompts=0)
+    first = studio.start_round(settings)
+    assert refilling.wait(120)  # the round is stored as done and its thread now refills the pool
+    assert studio.svc.rounds()[0].status == "done" and not studio.runner.running
+    thread = studio.runner._thread
+    second = studio.start_round(settings)  # refused with "still running" before
+    assert second.id == first.id + 1
+    release.set()
+    thread.join(60)
+    studio.runner.wait(120)
+    assert [r.status for r in studio.svc.rounds()] == ["done", "done"]
