@@ -31,6 +31,7 @@ from ui.rounds import KL_LOSS_SERIES, REWARD_SERIES, history_frame, metric_frame
 from ui.text import plain
 
 KINDS = {"Binary (toxic / not toxic)": "binary", "1-5 harmlessness": "scale", "Pairwise (A vs B)": "pairwise"}
+KIND_LABELS = {kind: label for label, kind in KINDS.items()}
 MODES = {"Model": "model", "Human": "human", "Blend": "blend"}
 HEAVY = "heavy"  # generation, evaluation and training share one queue slot
 
@@ -70,6 +71,7 @@ class UserState:
     item: Item | None = None
     pair: PairItem | None = None
     token: str = ""  # request id of the submit for the item on screen: a double click stores one rating
+    skipped_pairs: tuple[tuple[int, int], ...] = ()  # pairs put aside in this tab (binary skips are stored)
 
 
 def info(message: str) -> None:
@@ -110,7 +112,7 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
 
     def fetch(state: UserState) -> UserState:
         if state.kind == "pairwise":
-            pair = svc.next_pair(state.annotator_id)
+            pair = svc.next_pair(state.annotator_id, state.skipped_pairs)
             return dataclasses.replace(state, pair=pair, item=None, token=uuid.uuid4().hex)
         item = state.item or svc.next_item(state.annotator_id)
         return dataclasses.replace(state, item=item, pair=None, token=uuid.uuid4().hex)
@@ -140,14 +142,7 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
                 note = f"Loading: {studio.status}"
             prompt = note
             svc.refill_in_background(pairs=kind == "pairwise")
-        p = svc.progress(state.annotator_id) if state.annotator_id else None
-        version = svc.current_version()
-        progress = (
-            f"**{p.rated_items} / {p.total_items}** items of {plain(version.name)} rated · you: **{p.mine}** · "
-            f"left for you: **{p.left_for_me}** · signed in as **{plain(state.name)}** ({state.role})"
-            if p
-            else ""
-        )
+        progress = _progress_text(svc, state) if state.annotator_id else ""
         single = kind != "pairwise"
         return (
             state,
@@ -163,6 +158,7 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
             gr.update(visible=kind == "scale"),
             gr.update(visible=kind == "pairwise"),
             "",  # clear the comment box
+            gr.update(value=KIND_LABELS[kind]),  # the selector follows an undo into another kind
         )
 
     # uploaded files (Gradio's cache) are removed an hour after upload
@@ -318,6 +314,7 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
             scale_row,
             pair_row,
             comment,
+            kind,
         ]
 
         # ---- Label callbacks ---------------------------------------------------------------------------------
@@ -350,6 +347,9 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
 
         @_errors_to_page
         def skip(st: UserState, rev: bool):
+            if st.kind == "pairwise" and st.pair is not None:
+                pair = tuple(sorted((st.pair.a.generation_id, st.pair.b.generation_id)))
+                st = dataclasses.replace(st, skipped_pairs=(*st.skipped_pairs, pair))
             if st.kind == "pairwise" or st.item is None:
                 return view(fetch(dataclasses.replace(st, pair=None)), rev)
             nxt = svc.skip(st.annotator_id, st.item.generation_id)
@@ -367,7 +367,7 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
             if isinstance(back, PairItem):
                 st = dataclasses.replace(st, kind="pairwise", pair=back, item=None)
             else:
-                st = dataclasses.replace(st, kind=st.kind if st.kind != "pairwise" else "binary", item=back, pair=None)
+                st = dataclasses.replace(st, kind=back.rated_as or "binary", item=back, pair=None)
             return view(dataclasses.replace(st, token=uuid.uuid4().hex), rev)
 
         def redraw(st: UserState, rev: bool):
@@ -383,7 +383,7 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
 
         demo.load(show_next, [state, name, kind, reveal], label_outputs)
         name.submit(show_next, [state, name, kind, reveal], label_outputs)
-        kind.change(show_next, [state, name, kind, reveal], label_outputs)
+        kind.input(show_next, [state, name, kind, reveal], label_outputs)  # a person's choice, not an undo's
         reveal.change(redraw, [state, reveal], label_outputs)
 
         def rater(value):
@@ -631,6 +631,20 @@ def _download_link(studio: Studio, path: Path, owner: str | None, label: str, ke
 
 def _round(x: float | None) -> float | None:
     return None if x is None else round(float(x), 4)
+
+
+def _progress_text(svc, state) -> str:
+    """The progress line: items (or pairs, when comparing) of the current version, this annotator's share."""
+    p = svc.progress(state.annotator_id)
+    version = plain(svc.current_version().name)
+    who = f"signed in as **{plain(state.name)}** ({state.role})"
+    if state.kind == "pairwise":
+        done, left = svc.pair_progress(state.annotator_id, state.skipped_pairs)
+        return f"**{done}** pairs of {version} compared by you · you: **{p.mine}** · left for you: **{left}** pairs · {who}"
+    return (
+        f"**{p.rated_items} / {p.total_items}** items of {version} rated · you: **{p.mine}** · "
+        f"left for you: **{p.left_for_me}** · {who}"
+    )
 
 
 def _answer_scores(a) -> str:

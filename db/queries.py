@@ -219,8 +219,11 @@ def release_lease(generation_id: int, annotator_id: int, *, session: Session) ->
     )
 
 
-def pair_candidates(annotator_id: int, version_id: int, *, session: Session, limit: int = 1) -> list[tuple[int, int]]:
-    """(a, b) generation pairs of one prompt by `version_id` that this annotator has not compared yet."""
+def pair_candidates(
+    annotator_id: int, version_id: int, *, session: Session, limit: int | None = 1
+) -> list[tuple[int, int]]:
+    """(a, b) generation pairs of one prompt by `version_id` that this annotator has not compared yet (all of
+    them with `limit=None`)."""
     a, b = Generation.__table__.alias("a"), Generation.__table__.alias("b")
     done = exists().where(
         Comparison.annotator_id == annotator_id,
@@ -238,9 +241,23 @@ def pair_candidates(annotator_id: int, version_id: int, *, session: Session, lim
         .outerjoin(counts, counts.c.gid == a.c.id)
         .where(a.c.policy_version_id == version_id, b.c.policy_version_id == version_id, ~done)
         .order_by(func.coalesce(counts.c.n, 0), a.c.id, b.c.id)
-        .limit(limit)
     )
+    if limit is not None:
+        q = q.limit(limit)
     return [(x, y) for x, y in session.execute(q)]
+
+
+def count_comparisons_of(annotator_id: int, version_id: int, *, session: Session) -> int:
+    """This annotator's comparisons of `version_id`'s responses."""
+    a = Generation.__table__.alias("a")
+    return (
+        session.scalar(
+            select(func.count(Comparison.id))
+            .join(a, a.c.id == Comparison.generation_a_id)
+            .where(Comparison.annotator_id == annotator_id, a.c.policy_version_id == version_id)
+        )
+        or 0
+    )
 
 
 # ---- ratings -------------------------------------------------------------------------------------------

@@ -8,13 +8,14 @@ a session factory, not a session.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
@@ -379,19 +380,31 @@ class FeedbackService:
             s.delete(r)
             s.flush()
             q.force_lease(g.id, annotator_id, utcnow(), self.lease, session=s)
-            return _item(g)
+            return dataclasses.replace(_item(g), rated_as=r.kind)
 
-    def next_pair(self, annotator_id: int) -> PairItem | None:
-        """Two current-version responses to one prompt that this annotator has not compared."""
+    def next_pair(self, annotator_id: int, skipped: Collection[tuple[int, int]] = ()) -> PairItem | None:
+        """Two current-version responses to one prompt that this annotator has not compared, nor skipped (pairs
+        of generation ids, lower id first; the page keeps them for its session)."""
         with self.Session.begin() as s:
             cur = q.current_version(session=s)
             if cur is None:
                 return None
-            pairs = q.pair_candidates(annotator_id, cur.id, session=s)
+            pairs = q.pair_candidates(annotator_id, cur.id, session=s, limit=len(skipped) + 1)
+            pairs = [p for p in pairs if p not in set(skipped)]
             if not pairs:
                 return None
             a, b = (s.get(Generation, i) for i in pairs[0])
             return PairItem(a.prompt_id, a.prompt.text, _item(a), _item(b))
+
+    def pair_progress(self, annotator_id: int, skipped: Collection[tuple[int, int]] = ()) -> tuple[int, int]:
+        """(pairs of the current version this annotator compared, pairs left for them)."""
+        with self.Session.begin() as s:
+            cur = q.current_version(session=s)
+            if cur is None:
+                return 0, 0
+            left = [p for p in q.pair_candidates(annotator_id, cur.id, session=s, limit=None) if p not in set(skipped)]
+            done = q.count_comparisons_of(annotator_id, cur.id, session=s)
+            return done, len(left)
 
     def submit_comparison(
         self,

@@ -44,6 +44,7 @@ class Item:
     response: str
     model_score: float | None
     policy_version_id: int
+    rated_as: str | None = None  # set by undo: the kind of the rating taken back (binary or scale)
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def _wait_for(predicate, timeout=60.0, every=0.25, what="condition"):
 def test_label_train_and_compare_in_the_browser(chromium, studio_url, artifacts):
     from sqlalchemy import func, select
 
-    from db.models import Rating, TrainingRound
+    from db.models import Comparison, Rating, TrainingRound
 
     url, studio = studio_url
     page = chromium.new_page(viewport={"width": 1280, "height": 1400})
@@ -133,6 +133,37 @@ def test_label_train_and_compare_in_the_browser(chromium, studio_url, artifacts)
     _wait_for(lambda: rated() == 3, what="undo")
     assert page.evaluate("window.__xss") is None
 
+    # ---- pairwise: rate a pair, skip one (another comes), then undo across kinds ---------------------------------
+    kind = page.locator("#kind")
+    resp_a = page.locator("#response-a textarea")
+    kind.get_by_label("Pairwise (A vs B)").check()
+    _wait_for(lambda: resp_a.input_value(), timeout=90, what="a first pair")
+    page.click("#pick-a")
+    _wait_for(lambda: rated() == 4, what="a comparison")
+    _wait_for(lambda: resp_a.input_value(), timeout=90, what="a second pair")
+    shown = (page.locator("#prompt textarea").input_value(), resp_a.input_value())
+    page.click("#skip")
+    _wait_for(
+        lambda: (page.locator("#prompt textarea").input_value(), resp_a.input_value()) != shown,
+        timeout=90,
+        what="another pair after skip",
+    )
+    kind.get_by_label("Binary (toxic / not toxic)").check()
+    _wait_for(lambda: page.locator("#rate-ok").is_visible(), what="the binary buttons")
+    page.click("#rate-ok")
+    _wait_for(lambda: rated() == 5, what="a binary rating after the pair")
+    page.click("#undo")
+    _wait_for(lambda: rated() == 4, what="undo of the binary rating")
+    page.click("#undo")
+    _wait_for(lambda: rated() == 3, what="undo of the comparison")
+    _wait_for(lambda: kind.get_by_label("Pairwise (A vs B)").is_checked(), what="the selector to follow the undo")
+    assert page.locator("#pick-a").is_visible() and not page.locator("#rate-ok").is_visible()
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("b")  # the pair is back, and its keys work
+    _wait_for(lambda: rated() == 4, what="the pair rated again with a key")
+    kind.get_by_label("Binary (toxic / not toxic)").check()
+    _wait_for(lambda: page.locator("#rate-ok").is_visible(), what="back to binary")
+
     # ---- reward mode Blend 0.5, a 1-step round -----------------------------------------------------------------
     page.get_by_role("tab", name="Reward & training").click()
     page.get_by_role("radio", name="Blend").check()
@@ -167,6 +198,8 @@ def test_label_train_and_compare_in_the_browser(chromium, studio_url, artifacts)
         values = sorted(s.scalars(select(Rating.value)))
         rounds = list(s.scalars(select(TrainingRound)))
     assert values == [0, 0, 1]  # toxic, not toxic, toxic; the keyboard "not toxic" was undone
+    with svc.Session.begin() as s:
+        assert [c.winner for c in s.scalars(select(Comparison))] == ["b"]  # "a" was undone, then "b" by key
     assert len(rounds) == 1 and rounds[0].status == "done" and rounds[0].reward_mode == "blend"
     assert rounds[0].reward_weight == pytest.approx(0.5) and len(rounds[0].metrics) == 1
     current = svc.current_version()

@@ -258,6 +258,40 @@ def test_pairwise_preferences_map_to_scores_and_undo(store):
     assert len(ids) == 4
 
 
+def test_a_skipped_pair_is_not_shown_again_and_progress_counts_pairs(store):
+    _, Session = store
+    svc = FeedbackService(Session)
+    _fill(svc, 6, n_prompts=3)  # three prompts, two responses each: three pairs
+    a = svc.annotator("a")
+    assert svc.pair_progress(a.id) == (0, 3)
+    first = svc.next_pair(a.id)
+    skipped = [tuple(sorted((first.a.generation_id, first.b.generation_id)))]
+    second = svc.next_pair(a.id, skipped)
+    assert second.prompt_id != first.prompt_id and svc.pair_progress(a.id, skipped) == (0, 2)
+    svc.submit_comparison(a.id, second.a.generation_id, second.b.generation_id, "a")
+    assert svc.pair_progress(a.id, skipped) == (1, 1)
+    third = svc.next_pair(a.id, skipped)
+    assert third.prompt_id not in (first.prompt_id, second.prompt_id)
+    skipped.append(tuple(sorted((third.a.generation_id, third.b.generation_id))))
+    assert svc.next_pair(a.id, skipped) is None
+    assert svc.next_pair(a.id).prompt_id == first.prompt_id  # a new session sees the skipped pairs again
+
+
+def test_undo_says_which_kind_of_rating_it_took_back(store):
+    _, Session = store
+    svc = FeedbackService(Session)
+    ids = _fill(svc, 4, n_prompts=2)
+    a = svc.annotator("a")
+    svc.submit(a.id, ids[0], "scale", 4)
+    pair = svc.next_pair(a.id)
+    svc.submit_comparison(a.id, pair.a.generation_id, pair.b.generation_id, "tie")
+    svc.submit(a.id, ids[2], "binary", 1)
+    assert svc.undo(a.id).rated_as == "binary"
+    assert hasattr(svc.undo(a.id), "a")  # the pair
+    back = svc.undo(a.id)
+    assert (back.generation_id, back.rated_as) == (ids[0], "scale")
+
+
 def test_bad_ratings_are_refused_with_the_allowed_values(store):
     _, Session = store
     svc = FeedbackService(Session)
