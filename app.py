@@ -27,7 +27,7 @@ from feedback.io import export_ratings, import_prompts
 from feedback.rounds import RoundSettings
 from feedback.studio import Studio, StudioOptions
 from feedback.types import Item, PairItem
-from ui.rounds import KL_LOSS_SERIES, REWARD_SERIES, history_frame, metric_frame
+from ui.rounds import KL_LOSS_SERIES, REWARD_SERIES, history_frame, metric_frame, progress_html
 from ui.text import plain
 
 KINDS = {"Binary (toxic / not toxic)": "binary", "1-5 harmlessness": "scale", "Pairwise (A vs B)": "pairwise"}
@@ -80,14 +80,16 @@ def info(message: str) -> None:
 
 
 def _errors_to_page(fn):
-    """ValueErrors (bad input, missing models) become a message on the page; the app keeps running."""
+    """ValueErrors (bad input, missing models, refusals) become a warning pop-up and change nothing on the page:
+    a raised gr.Error would stamp "Error" over every output (the ratings table included)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except ValueError as err:
-            raise gr.Error(plain(err)) from err
+            gr.Warning(plain(err))
+            return gr.skip()  # one skip leaves every output as it was
 
     return wrapper
 
@@ -229,9 +231,7 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
                     b_start = gr.Button("Start round", variant="primary", elem_id="start-round")
                     b_cancel = gr.Button("Cancel round", variant="stop", elem_id="cancel-round")
                 round_status = gr.Markdown(elem_id="round-status")
-                round_progress = gr.Slider(
-                    0, 1, value=0, label="Round progress (steps done)", interactive=False, elem_id="round-progress"
-                )
+                round_progress = gr.HTML(progress_html(0, 0), elem_id="round-progress")
                 with gr.Row():
                     reward_plot = gr.LinePlot(
                         x="step", y="value", color="metric", title="Mean reward per step", height=240
@@ -289,7 +289,7 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
                     fmt = gr.Radio(["jsonl", "csv", "dataset"], value="jsonl", label="Format")
                     b_export = gr.Button("Export ratings", elem_id="export")
                 export_link = gr.Markdown(elem_id="export-link")
-                counts = gr.Dataframe(label="Ratings per annotator", interactive=False)
+                counts = gr.Dataframe(label="Ratings per annotator", interactive=False, elem_id="counts")
                 agreement = gr.Markdown()
                 b_refresh = gr.Button("Refresh", size="sm")
                 with gr.Row():
@@ -696,11 +696,10 @@ def _round_view(studio: Studio):
     latest = rounds[0] if rounds else None
     if latest is None:
         status = "No round yet. Choose a reward mode and press **Start round**."
-        frac, metrics = 0.0, []
+        done, total, metrics = 0, 0, []
     else:
         total = int(latest.config.get("settings", {}).get("steps", 1)) or 1
         done = len(latest.metrics)
-        frac = done / total
         metrics = latest.metrics
         status = f"Round {latest.id}: **{latest.status}** · {done}/{total} steps · {plain(latest.reward_mode)} reward"
         if studio.runner is not None and studio.runner.cancelling and studio.runner.round_id == latest.id:
@@ -711,7 +710,7 @@ def _round_view(studio: Studio):
     reward_plot = metric_frame(metrics, REWARD_SERIES)
     kl_plot = metric_frame(metrics, KL_LOSS_SERIES)
     history = history_frame(rounds, names)
-    return status, gr.update(value=round(min(frac, 1.0), 3)), reward_plot, kl_plot, history
+    return status, progress_html(done, total), reward_plot, kl_plot, history
 
 
 # ---- command line -----------------------------------------------------------------------------------------------

@@ -64,3 +64,11 @@ def test_history_names_versions_and_gives_toxicity_with_its_interval():
     assert before_after({"before_mean": 1.0, "after_mean": 2.0}, "before_mean", "after_mean", "", "") == (
         "1.0000 → 2.0000"
     )
+
+
+def test_round_progress_is_a_progress_bar_not_an_input():
+    from ui.rounds import progress_html
+
+    assert progress_html(3, 10).startswith('<progress max="10" value="3"') and "3/10 PPO steps" in progress_html(3, 10)
+    assert 'value="10"' in progress_html(12, 10) and "<input" not in progress_html(3, 10)
+    assert "no round yet" in progress_html(0, 0)

@@ -24,6 +24,14 @@ def metric_frame(metrics: Sequence[dict], series: Sequence[tuple[str, str]]) -> 
     return pd.DataFrame(rows, columns=["step", "metric", "value"]).astype({"step": "int64", "value": "float64"})
 
 
+def progress_html(done: int, total: int) -> str:
+    """A real progress bar (never an input) for the steps of the latest round; numbers only, no user text."""
+    done, total = int(done), int(total)
+    if total <= 0:
+        return '<progress max="1" value="0" style="width:100%"></progress><div>no round yet</div>'
+    return f'<progress max="{total}" value="{min(done, total)}" style="width:100%"></progress><div>{done}/{total} PPO steps</div>'
+
+
 def _num(x: float | None, fmt: str = ".4f") -> str:
     return "" if x is None else format(float(x), fmt)
 
