@@ -472,7 +472,8 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
         def round_tick(seen):
             """Redraw only when a round moved on: re-sending the same plot every second makes it flicker."""
             rounds = svc.rounds()
-            key = tuple((r.id, r.status, len(r.metrics)) for r in rounds[:1]) + (len(rounds),)
+            phase = _phase_of(studio, rounds[0] if rounds else None)
+            key = tuple((r.id, r.status, len(r.metrics)) for r in rounds[:1]) + (len(rounds), phase)
             if key == seen:
                 return (seen, *[gr.skip()] * len(round_outputs))
             return (key, *_round_view(studio))
@@ -691,6 +692,14 @@ def _version_choices(studio: Studio):
     return gr.update(choices=labels, value=current), gr.update(choices=labels, value=current)
 
 
+def _phase_of(studio: Studio, latest):
+    """The running round's phase, when `latest` is the round running now."""
+    runner = studio.runner
+    if runner is None or latest is None or runner.round_id != latest.id:
+        return None
+    return runner.phase
+
+
 def _round_view(studio: Studio):
     rounds = studio.svc.rounds()
     latest = rounds[0] if rounds else None
@@ -710,7 +719,9 @@ def _round_view(studio: Studio):
     reward_plot = metric_frame(metrics, REWARD_SERIES)
     kl_plot = metric_frame(metrics, KL_LOSS_SERIES)
     history = history_frame(rounds, names)
-    return status, progress_html(done, total), reward_plot, kl_plot, history
+    phase = _phase_of(studio, latest)
+    bar = progress_html(phase.done, phase.total, phase.name, phase.eta_s) if phase else progress_html(done, total)
+    return status, bar, reward_plot, kl_plot, history
 
 
 # ---- command line -----------------------------------------------------------------------------------------------

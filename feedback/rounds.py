@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,7 @@ class RoundRunner:
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
         self._active = threading.Event()  # set from start until the round's outcome is stored
+        self._phase = RoundPhase("", 0, 0, None)
         self._guard = threading.Lock()
         self.round_id: int | None = None
 
@@ -123,6 +125,15 @@ class RoundRunner:
         self._cancel.set()
         return True
 
+    @property
+    def phase(self) -> RoundPhase | None:
+        """What the running round is doing now, with an estimate of the time left; None when none runs."""
+        return self._phase if self.running else None
+
+    def _enter(self, name: str, done: int, total: int, eta_s: float | None) -> None:
+        self._phase = RoundPhase(name, done, total, eta_s)
+        log.info("round %s: %s (%s/%s steps)%s", self.round_id, name, done, total, _eta_text(eta_s))
+
     def wait(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
@@ -138,23 +149,31 @@ class RoundRunner:
         try:
             svc.update_round(info.id, status="running", started=utcnow())
             heldout = [PromptRef(p.id, p.text, p.summary) for p in svc.heldout_prompts(settings.eval_prompts)]
+            n = settings.steps
             with engine.lock:
                 engine.use_version(input_version.id, input_version.adapter_path)
+                self._enter("evaluating the input version", 0, n, None)
+                t0 = time.monotonic()
                 before = engine.evaluate(heldout) if heldout else None
+                eval_s = time.monotonic() - t0
                 trainer = PPOTrainer(engine.policy, ppo, engine.cfg.generation.temperature, seed=info.id)
                 batches = self._batches(settings, ppo.batch_size, info.id)
-                for step in range(settings.steps):
+                t0 = time.monotonic()
+                for step in range(n):
                     if self._cancel.is_set():
                         raise _Cancelled
+                    per_step = (time.monotonic() - t0) / step if step else None
+                    eta = None if per_step is None else per_step * (n - step) + eval_s
+                    self._enter(f"PPO step {step + 1}/{n}", step, n, eta)
                     stats = step_on_samples(trainer, next(batches))
                     metrics.append({k: float(v) for k, v in stats.items()})
                     svc.update_round(info.id, metrics=list(metrics))
-                    log.info(
-                        "round %s step %s/%s: reward %.4f", info.id, step + 1, settings.steps, stats["env/reward_mean"]
-                    )
+                    log.info("round %s step %s/%s: reward %.4f", info.id, step + 1, n, stats["env/reward_mean"])
                 if self._cancel.is_set():
                     raise _Cancelled
+                self._enter("evaluating the new version", n, n, eval_s)
                 after = engine.evaluate(heldout) if heldout else None
+                self._enter("saving the new version", n, n, None)
                 evaluation = _summary(before, after)
                 number = len(svc.versions())
                 staging = self.versions_dir / f"v{number}-round{info.id}.partial"
@@ -214,6 +233,23 @@ class RoundRunner:
 
 class _Cancelled(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class RoundPhase:
+    """Where a running round is: a phase name, steps done of all, and the estimated seconds left (None: unknown
+    until a step or an evaluation has been timed)."""
+
+    name: str
+    done: int
+    total: int
+    eta_s: float | None
+
+
+def _eta_text(eta_s: float | None) -> str:
+    if eta_s is None:
+        return ""
+    return f", about {eta_s / 60:.0f} min left" if eta_s >= 90 else f", about {eta_s:.0f} s left"
 
 
 def _summary(before, after) -> dict | None:

@@ -214,3 +214,26 @@ def test_the_next_round_may_start_while_the_last_one_refills_the_pool(studio, mo
     thread.join(60)
     studio.runner.wait(120)
     assert [r.status for r in studio.svc.rounds()] == ["done", "done"]
+
+
+def test_a_round_reports_its_phases_with_an_estimate(studio, monkeypatch):
+    from feedback.rounds import RoundRunner
+
+    seen = []
+    real = RoundRunner._enter
+
+    def spy(self, name, done, total, eta_s):
+        real(self, name, done, total, eta_s)
+        seen.append((self.phase.name, self.phase.done, self.phase.total, self.phase.eta_s is not None))
+
+    monkeypatch.setattr(RoundRunner, "_enter", spy)
+    studio.start_round(RoundSettings(mode="model", steps=2, batch_size=4, mini_batch_size=2, eval_prompts=4))
+    studio.runner.wait(120)
+    assert seen == [
+        ("evaluating the input version", 0, 2, False),
+        ("PPO step 1/2", 0, 2, False),
+        ("PPO step 2/2", 1, 2, True),  # timed from the first step and the first evaluation
+        ("evaluating the new version", 2, 2, True),
+        ("saving the new version", 2, 2, False),
+    ]
+    assert studio.runner.phase is None  # nothing runs any more

@@ -72,3 +72,12 @@ def test_round_progress_is_a_progress_bar_not_an_input():
     assert progress_html(3, 10).startswith('<progress max="10" value="3"') and "3/10 PPO steps" in progress_html(3, 10)
     assert 'value="10"' in progress_html(12, 10) and "<input" not in progress_html(3, 10)
     assert "no round yet" in progress_html(0, 0)
+
+
+def test_round_progress_names_the_phase_and_the_time_left():
+    from ui.rounds import progress_html
+
+    text = progress_html(1, 4, "PPO step 2/4", 200.0)
+    assert "PPO step 2/4 · 1/4 PPO steps · about 3 min left" in text
+    assert "about 45 s left" in progress_html(4, 4, "evaluating the new version", 45.0)
+    assert "&lt;b&gt;" in progress_html(1, 2, "<b>")

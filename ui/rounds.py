@@ -24,12 +24,20 @@ def metric_frame(metrics: Sequence[dict], series: Sequence[tuple[str, str]]) -> 
     return pd.DataFrame(rows, columns=["step", "metric", "value"]).astype({"step": "int64", "value": "float64"})
 
 
-def progress_html(done: int, total: int) -> str:
-    """A real progress bar (never an input) for the steps of the latest round; numbers only, no user text."""
+def progress_html(done: int, total: int, phase: str = "", eta_s: float | None = None) -> str:
+    """A real progress bar (never an input) for the steps of the latest round, with the running round's phase
+    and the time it expects to need; the phase names are ours (escaped all the same), no user text."""
+    import html
+
     done, total = int(done), int(total)
     if total <= 0:
         return '<progress max="1" value="0" style="width:100%"></progress><div>no round yet</div>'
-    return f'<progress max="{total}" value="{min(done, total)}" style="width:100%"></progress><div>{done}/{total} PPO steps</div>'
+    text = f"{done}/{total} PPO steps"
+    if phase:
+        text = f"{html.escape(phase)} · {text}"
+    if eta_s is not None:
+        text += f" · about {eta_s / 60:.0f} min left" if eta_s >= 90 else f" · about {eta_s:.0f} s left"
+    return f'<progress max="{total}" value="{min(done, total)}" style="width:100%"></progress><div>{text}</div>'
 
 
 def _num(x: float | None, fmt: str = ".4f") -> str:
