@@ -89,3 +89,24 @@ def test_report_computes_targets_from_the_figures():
     assert "6.00 s vs 9.00 s = 0.67x | met" in report  # compared with trl's faster variant
     assert "= 0.77x | missed" in report  # memory: 1000 / ~1300 > 0.7
     assert "Missed targets" in report
+
+
+def test_ablation_rows_share_one_reference_and_write_a_table(tmp_path, tiny_llama, tiny_classifier, dialogsum_jsonl):
+    from bench.ablation import main as ablation
+
+    common = (
+        f"--policy.name_or_path {tiny_llama} --policy.lora.target_modules q_proj,v_proj --policy.lora.r 4 "
+        f"--reward.name_or_path {tiny_classifier} --data.source {dialogsum_jsonl} --data.heldout_size 6 "
+        "--ppo.batch_size 4 --ppo.mini_batch_size 2 --generation.min_new_tokens 3 --generation.max_new_tokens 5 "
+        "--eval-judge false"
+    )
+    out = tmp_path / "ablation.md"
+    argv = ["--common", common, "--steps", "1", "--eval-prompts", "6", "--eval-answers", "2", "--out", str(out)]
+    assert ablation([*argv, "--row", "default:", "--row", "lr 1e-2: --ppo.learning_rate 1e-2"]) == 0
+    table = out.read_text()
+    assert "| default | `(preset)` | 0 |" in table and "| lr 1e-2 | `--ppo.learning_rate 1e-2` | 0 |" in table
+    assert "Noise floor" in table and "6 held-out prompts x 2 answers" in table
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["row"] for r in rows] == ["default", "lr 1e-2"]
+    assert len(rows[0]["changes"]["toxicity, reward classifier"]) == 3 and all(math.isfinite(r["kl"]) for r in rows)
+    assert len(rows[1]["history"]) == 1 and rows[1]["history"][0]["step"] == 1
