@@ -24,7 +24,6 @@ ALIASES = {
     "eval_judge": "--eval-judge",
     "judge_data": "--judge-data",
 }
-TOP_LEVEL = {f.name for f in dataclasses.fields(RunConfig)}
 SKIP = {"preset"}
 
 
@@ -91,13 +90,17 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     return apply_overrides(preset(args.preset), args)
 
 
+def _given_options(args: argparse.Namespace) -> list[str]:
+    """The config options given on the command line (argparse leaves the others out of `args`)."""
+    options = {dotted for dotted, _, _ in _fields(RunConfig)}
+    return [key for key in vars(args) if key in options]
+
+
 def apply_overrides(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
     """Set every config option given on the command line (dotted names) on `cfg`."""
-    for key, value in vars(args).items():
-        if "." not in key and key not in TOP_LEVEL:
-            continue  # the command's own arguments (--out, --checkpoint, ...)
+    for key in _given_options(args):
         *path, leaf = key.split(".")
-        setattr(_lookup(cfg, ".".join(path)) if path else cfg, leaf, value)
+        setattr(_lookup(cfg, ".".join(path)) if path else cfg, leaf, getattr(args, key))
     return cfg
 
 

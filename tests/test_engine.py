@@ -241,6 +241,16 @@ def test_help_explains_every_option(capsys):
     assert "offline: 0.0001; seed: 1.41e-05" in text
 
 
+def test_every_option_reaches_the_config():
+    """Top-level fields without a short alias (--threads, --eval_seed) were once dropped on the way."""
+    args = cli.make_parser().parse_args(
+        ["train", "--out", "x", "--threads", "3", "--eval_seed", "7", "--steps", "5", "--ppo.vf_coef", "0.5"]
+    )
+    cfg = cli.build_config(args)
+    assert (cfg.threads, cfg.eval_seed, cfg.steps, cfg.ppo.vf_coef) == (3, 7, 5, 0.5)
+    assert cfg.preset == "offline" and cfg.data == preset("offline").data
+
+
 def test_bad_label_from_the_cli_is_a_clean_error(tmp_path, tiny_llama, dialogsum_jsonl, capsys):
     from tests.tiny_models import build_tiny_roberta_classifier
 
