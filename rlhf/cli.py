@@ -25,6 +25,8 @@ ALIASES = {
     "judge_data": "--judge-data",
 }
 SKIP = {"preset"}
+# What `train --resume` lets change: the run's length and where it runs; anything else would be another run.
+RESUME_OPTIONS = {"steps", "device", "threads"}
 
 
 def _parse_bool(text: str) -> bool:
@@ -63,7 +65,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run configuration (defaults come from --preset)")
     presets = {name: make() for name, make in PRESETS.items()}
     for dotted, tp, help_text in _fields(RunConfig):
-        flags = [f"--{dotted}"] + ([ALIASES[dotted]] if dotted in ALIASES else [])
+        flags = list(dict.fromkeys([f"--{dotted}", ALIASES.get(dotted, f"--{dotted}")]))  # --steps once, not twice
         defaults = "; ".join(f"{name}: {_lookup(cfg, dotted)!r}" for name, cfg in presets.items())
         group.add_argument(
             *flags,
@@ -118,8 +120,24 @@ def make_parser() -> argparse.ArgumentParser:
         help="offline: embedded SmolLM2 + profanity-check + chitchat (no network); "
         "seed: FLAN-T5-base + RoBERTa hate-speech + DialogSum (needs the hub)",
     )
-    train.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    train.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="checkpoint folder to write (with --resume, default: the resumed folder, replaced once the new one "
+        "is complete)",
+    )
     train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    train.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="continue the run saved in DIR (the --out of an earlier `train`) as its run_config.json configures it, "
+        "from its weights, optimiser state, KL coefficient, score moments, data position and random states; "
+        "--steps is then the total, DIR's steps included, and metrics.jsonl is appended to; only --steps, "
+        "--device and --threads may be given with it",
+    )
     train.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     add_config_options(train)
 
@@ -148,8 +166,24 @@ def _load_checkpoint_config(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
+def _resume_config(args: argparse.Namespace) -> RunConfig:
+    given = sorted(key for key in _given_options(args) if key not in RESUME_OPTIONS)
+    if given:
+        raise ValueError(
+            f"--resume continues the run as {args.resume / 'run_config.json'} configures it; only --steps, --device "
+            f"and --threads can be given with it, not --{', --'.join(given)}"
+        )
+    cfg_file = args.resume / "run_config.json"
+    if not cfg_file.exists():
+        raise ValueError(f"{args.resume} is not a checkpoint folder (no run_config.json); pass the --out of `train`")
+    return apply_overrides(RunConfig.from_dict(json.loads(cfg_file.read_text())), args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.out is None and args.resume is None:
+        parser.error("train needs --out (or --resume DIR)")
     try:
         return _run(args)
     except ValueError as err:
@@ -160,22 +194,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from rlhf.train import Checkpoint, evaluate_run, load_run, train
+    from rlhf.train import evaluate_run, load_run
 
     if args.command == "train":
-        cfg = build_config(args)
-        cfg.validate()
-        ckpt = Checkpoint(args.out, overwrite=args.overwrite)
-        t0 = time.perf_counter()
-        run = load_run(cfg)
-        ckpt.start()
-        history = train(run, on_step=_printer(ckpt))
-        evaluation = None if args.no_eval else evaluate_run(run)
-        out = ckpt.commit(run, evaluation)
-        if evaluation is not None:
-            print(evaluation.to_markdown())
-        print(f"saved {out} in {time.perf_counter() - t0:.0f} s ({len(history)} steps)")
-        return 0
+        return _train(args)
 
     cfg = _load_checkpoint_config(args)
     cfg.validate()
@@ -187,6 +209,35 @@ def _run(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "eval.json").write_text(evaluation.to_json())
         (args.out / "eval.md").write_text(evaluation.to_markdown() + "\n")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rlhf.train import Checkpoint, TrainingLoop, evaluate_run, load_run, load_training_state, train
+
+    resume = args.resume
+    cfg = build_config(args) if resume is None else _resume_config(args)
+    cfg.validate()
+    state = None if resume is None else load_training_state(resume)
+    if state is not None and state["steps"] >= cfg.steps:
+        raise ValueError(
+            f"{resume} already has {state['steps']} steps and --steps counts them all ({cfg.steps}); pass a larger "
+            "--steps to train further"
+        )
+    ckpt = Checkpoint(args.out or resume, overwrite=args.overwrite, resume_from=resume)
+    t0 = time.perf_counter()
+    run = load_run(cfg, resume_from=resume)
+    loop = TrainingLoop(run)
+    if state is not None:
+        loop.load_state_dict(state)
+    ckpt.start()
+    history = train(run, on_step=_printer(ckpt), loop=loop)
+    state = loop.state_dict()  # before the evaluation draws from the same random streams
+    evaluation = None if args.no_eval else evaluate_run(run)
+    out = ckpt.commit(run, evaluation, state)
+    if evaluation is not None:
+        print(evaluation.to_markdown())
+    print(f"saved {out} in {time.perf_counter() - t0:.0f} s ({len(history)} steps, {loop.steps_done} in all)")
     return 0
 
 

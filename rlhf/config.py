@@ -141,7 +141,9 @@ class RunConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    steps: int = _f(20, "PPO steps (each: generate a batch, score it, update).")
+    steps: int = _f(
+        20, "PPO steps in all (each: generate a batch, score it, update); with --resume, the resumed run's count."
+    )
     seed: int = _f(0, "Seed for sampling and initialisation.")
     eval_prompts: int = _f(256, "Held-out prompts the evaluation uses (at most data.heldout_size).")
     eval_answers: int = _f(4, "Answers per held-out prompt and side (shared seeds): a prompt's figure is their mean.")

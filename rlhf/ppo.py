@@ -260,6 +260,27 @@ class PPOTrainer:
         self.generator = torch.Generator().manual_seed(seed)
         self.step_count = 0
 
+    # ---- resuming ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What the next step depends on besides the weights: Adam's state, the KL coefficient, the running score
+        moments, the step count and the mini-batch shuffling generator."""
+        r = self.running
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "kl_coef": self.kl_ctl.value,
+            "score_moments": {"mean": r.mean, "var": r.var, "count": r.count},
+            "step_count": self.step_count,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl_ctl.value = state["kl_coef"]
+        moments = state["score_moments"]
+        self.running.mean, self.running.var, self.running.count = moments["mean"], moments["var"], moments["count"]
+        self.step_count = state["step_count"]
+        self.generator.set_state(state["generator"])
+
     # ---- rollout-time forward passes (no grad) ----------------------------------------------------------
     @torch.no_grad()
     def _rollout_forward(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import random
@@ -20,6 +22,8 @@ from rlhf.models import Policy, load_policy
 from rlhf.ppo import LengthSampler, PPOTrainer, rollout
 from rlhf.prompts import Prompt, encode_prompt, load_prompts, split_prompts
 from rlhf.scorers import RewardScorer, load_scorer, reward_fn
+
+TRAINING_STATE_FILE = "training_state.pt"
 
 
 @dataclass
@@ -42,13 +46,18 @@ class Run:
         return [t.strip() for t in self.policy.tokenizer.batch_decode(responses, skip_special_tokens=True)]
 
 
-def load_run(cfg: RunConfig, log: Callable[[str], None] = print) -> Run:
+def load_run(cfg: RunConfig, log: Callable[[str], None] = print, resume_from: Path | None = None) -> Run:
+    """Load what `cfg` names; with `resume_from` (a checkpoint folder), its adapter and value head."""
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     log(f"loading policy {cfg.policy.name_or_path} ...")
-    policy = load_policy(cfg.policy, cfg.device, log=log)
+    policy_cfg = cfg.policy
+    if resume_from is not None:
+        # run.cfg keeps the adapter the run started from; the weights come from the checkpoint
+        policy_cfg = dataclasses.replace(cfg.policy, adapter_path=str(Path(resume_from) / "adapter"))
+    policy = load_policy(policy_cfg, cfg.device, log=log)
     log(f"loading reward model {cfg.reward.name_or_path} ...")
     scorer = load_scorer(cfg.reward, cfg.device)
     log(f"loading prompts from {cfg.data.source} ...")
@@ -72,12 +81,16 @@ def load_run(cfg: RunConfig, log: Callable[[str], None] = print) -> Run:
 class Checkpoint:
     """Writes a run folder atomically: everything goes to `<out>.partial`, renamed into place when complete.
 
-    A crash leaves at most a `.partial` folder beside `out`, never a half-written `out`.
+    A crash leaves at most a `.partial` folder beside `out`, never a half-written `out`. A resumed run
+    (`resume_from`) starts its metrics.jsonl from the resumed folder's and appends to it; `out` may be that folder
+    itself, which stays as it was until the new one is complete.
     """
 
-    def __init__(self, out: Path, overwrite: bool = False):
+    def __init__(self, out: Path, overwrite: bool = False, resume_from: Path | None = None):
         self.out = Path(out)
-        if self.out.exists() and any(self.out.iterdir()) and not overwrite:
+        self.resume_from = None if resume_from is None else Path(resume_from)
+        itself = self.resume_from is not None and self.out.resolve() == self.resume_from.resolve()
+        if self.out.exists() and any(self.out.iterdir()) and not (overwrite or itself):
             raise ValueError(f"{self.out} already exists and is not empty; choose another --out or pass --overwrite")
         self.staging = self.out.with_name(self.out.name + ".partial")
         self.metrics = None
@@ -87,15 +100,19 @@ class Checkpoint:
         if self.staging.exists():
             shutil.rmtree(self.staging)
         self.staging.mkdir(parents=True)
+        if self.resume_from is not None:
+            shutil.copyfile(self.resume_from / "metrics.jsonl", self.staging / "metrics.jsonl")
         self.metrics = (self.staging / "metrics.jsonl").open("a")
 
     def log_step(self, stats: dict) -> None:
         self.metrics.write(json.dumps(stats) + "\n")
         self.metrics.flush()
 
-    def commit(self, run: Run, evaluation: Evaluation | None) -> Path:
+    def commit(self, run: Run, evaluation: Evaluation | None, state: dict) -> Path:
+        """Write weights, config, training state (`TrainingLoop.state_dict`) and evaluation; move into place."""
         self.metrics.close()
         run.policy.save(self.staging)
+        torch.save(state, self.staging / TRAINING_STATE_FILE)
         (self.staging / "run_config.json").write_text(run.cfg.to_json())
         if evaluation is not None:
             (self.staging / "eval.json").write_text(evaluation.to_json())
@@ -154,37 +171,111 @@ def _timer(stats: dict, key: str) -> Iterator[None]:
     stats[key] = time.perf_counter() - t0
 
 
+class TrainingLoop:
+    """A run's PPO trainer and every stream its steps draw from: the batch plan, response lengths, random numbers.
+
+    `state_dict()` holds all of that (the weights are the checkpoint's adapter and value head), so a run saved after
+    step n and resumed with `load_state_dict` takes step n + 1 as the run that never stopped would
+    (tests/test_engine.py compares 4 steps with 2 + 2).
+    """
+
+    def __init__(self, run: Run):
+        cfg = run.cfg
+        self.run = run
+        self.trainer = PPOTrainer(run.policy, cfg.ppo, cfg.generation.temperature, seed=cfg.seed)
+        self.lengths = LengthSampler(cfg.generation.min_new_tokens, cfg.generation.max_new_tokens, seed=cfg.seed)
+        self.data, self.batches_drawn = self._batch_plan(), 0
+
+    def _batch_plan(self) -> Iterator[tuple[list[Prompt], list[torch.Tensor]]]:
+        run, cfg = self.run, self.run.cfg
+        return batches(run.train_prompts, run.train_queries, cfg.ppo.batch_size, cfg.seed, cfg.data.group_by_length)
+
+    @property
+    def steps_done(self) -> int:
+        return self.trainer.step_count
+
+    def step(self) -> dict:
+        """Generate, score and update once; returns the step's statistics."""
+        run, timing = self.run, {}
+        _, queries = next(self.data)
+        self.batches_drawn += 1
+        with _timer(timing, "time/generate_s"):
+            sampled = rollout(run.policy, queries, run.cfg.generation, max_new_tokens=self.lengths())
+        texts = run.decode(sampled.responses)
+        with _timer(timing, "time/score_s"):
+            scores = run.score_fn(texts)
+        stats = self.trainer.step(
+            queries, sampled.responses, scores, old_logprobs=sampled.logprobs, old_values=sampled.values
+        )
+        return stats | timing
+
+    def state_dict(self) -> dict:
+        """Take it right after the last step: an evaluation draws from the same random streams."""
+        return {
+            "steps": self.steps_done,
+            "trainer": copy.deepcopy(self.trainer.state_dict()),
+            "batches_drawn": self.batches_drawn,
+            "lengths_rng": self.lengths.rng.getstate(),
+            "rng": _rng_states(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.trainer.load_state_dict(state["trainer"])
+        self.lengths.rng.setstate(state["lengths_rng"])
+        # the batch plan is a function of the seed alone: replay the batches already used
+        self.data, self.batches_drawn = self._batch_plan(), state["batches_drawn"]
+        for _ in range(self.batches_drawn):
+            next(self.data)
+        _set_rng_states(state["rng"])
+
+
+def _rng_states() -> dict:
+    """The global random streams: torch's (sampling) and python's."""
+    states = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load_training_state(folder: Path) -> dict:
+    """The `TrainingLoop.state_dict` a checkpoint folder holds."""
+    file = Path(folder) / TRAINING_STATE_FILE
+    if not file.is_file():
+        raise ValueError(
+            f"{folder} holds no {TRAINING_STATE_FILE} (not a checkpoint of `train`, or one written before checkpoints "
+            f"kept the training state), so it cannot be resumed; start a new run from its weights with "
+            f"--policy.adapter_path {Path(folder) / 'adapter'}"
+        )
+    return torch.load(file, map_location="cpu", weights_only=True)  # the loaders move tensors where they belong
+
+
 def train(
     run: Run,
     steps: int | None = None,
     on_step: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress: bool = True,
+    loop: TrainingLoop | None = None,
 ) -> list[dict]:
-    """Generate, score and update for `steps` PPO steps; returns the per-step statistics."""
+    """Generate, score and update until `steps` PPO steps are done in all (default `run.cfg.steps`; a resumed
+    `loop` has some done already); returns the statistics of the steps taken now."""
     from tqdm.auto import tqdm
 
-    cfg = run.cfg
-    steps = cfg.steps if steps is None else steps
-    trainer = PPOTrainer(run.policy, cfg.ppo, cfg.generation.temperature, seed=cfg.seed)
-    lengths = LengthSampler(cfg.generation.min_new_tokens, cfg.generation.max_new_tokens, seed=cfg.seed)
-    data = batches(run.train_prompts, run.train_queries, cfg.ppo.batch_size, cfg.seed, cfg.data.group_by_length)
+    loop = TrainingLoop(run) if loop is None else loop
+    steps = run.cfg.steps if steps is None else steps
     history = []
-    bar = tqdm(range(steps), desc="PPO", disable=not progress)
+    bar = tqdm(range(loop.steps_done, steps), desc="PPO", disable=not progress, initial=loop.steps_done, total=steps)
     for _ in bar:
         if should_stop is not None and should_stop():
             break
-        timing: dict = {}
-        _, queries = next(data)
-        with _timer(timing, "time/generate_s"):
-            sampled = rollout(run.policy, queries, cfg.generation, max_new_tokens=lengths())
-        texts = run.decode(sampled.responses)
-        with _timer(timing, "time/score_s"):
-            scores = run.score_fn(texts)
-        stats = trainer.step(
-            queries, sampled.responses, scores, old_logprobs=sampled.logprobs, old_values=sampled.values
-        )
-        stats.update(timing)
+        stats = loop.step()
         history.append(stats)
         bar.set_postfix(
             reward=f"{stats['env/reward_mean']:.3f}",

@@ -181,6 +181,7 @@ def test_cli_train_writes_a_complete_checkpoint(tmp_path, tiny_llama, tiny_class
         "eval.md",
         "metrics.jsonl",
         "run_config.json",
+        "training_state.pt",
         "value_head.safetensors",
     ]
     assert not (tmp_path / "run.partial").exists()
@@ -221,6 +222,67 @@ def test_a_crash_never_leaves_a_half_checkpoint(tmp_path, tiny_llama, tiny_class
         cli.main(tiny_args(tiny_llama, tiny_classifier, dialogsum_jsonl, out))
     assert not out.exists()
     assert (tmp_path / "run.partial" / "metrics.jsonl").exists()
+
+
+def _resume_args(tiny_llama, tiny_classifier, dialogsum_jsonl, out, steps):
+    args = tiny_args(tiny_llama, tiny_classifier, dialogsum_jsonl, out)
+    args[args.index("--steps") + 1] = str(steps)
+    # score scaling on, so the running score moments matter too
+    return args + ["--ppo.use_score_scaling", "true", "--ppo.use_score_norm", "true"]
+
+
+def _saved_run(folder):
+    """Everything a checkpoint holds that training decides, as tensors and plain values."""
+    from safetensors.torch import load_file
+
+    from rlhf.train import load_training_state
+
+    state = load_training_state(folder)
+    adam = state["trainer"]["optimizer"]["state"]
+    return {
+        "weights": load_file(folder / "adapter" / "adapter_model.safetensors"),
+        "value_head": load_file(folder / "value_head.safetensors"),
+        "adam": {f"{i}.{k}": v for i, s in adam.items() for k, v in s.items()},
+        "generator": {"shuffle": state["trainer"]["generator"], "torch": state["rng"]["torch"]},
+        "plain": {k: state["trainer"][k] for k in ("kl_coef", "score_moments", "step_count")}
+        | {k: state[k] for k in ("steps", "batches_drawn", "lengths_rng")},
+        "metrics": [
+            {k: v for k, v in json.loads(line).items() if not k.startswith("time/")}
+            for line in (folder / "metrics.jsonl").read_text().splitlines()
+        ],
+        "config": json.loads((folder / "run_config.json").read_text()),
+    }
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path, tiny_llama, tiny_classifier, dialogsum_jsonl, capsys):
+    """4 steps straight equal 2 steps, saved (and evaluated, whose sampling must not shift training's random
+    numbers), resumed for 2 more: weights, value head, Adam's state, KL coefficient, score moments, data position,
+    random states and the metrics of every step, exactly (CPU, same process: tolerance 0)."""
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    assert cli.main(_resume_args(tiny_llama, tiny_classifier, dialogsum_jsonl, straight, 4) + ["--no-eval"]) == 0
+    assert cli.main(_resume_args(tiny_llama, tiny_classifier, dialogsum_jsonl, halves, 2)) == 0
+    first_half = _saved_run(halves)
+    assert cli.main(["train", "--resume", str(halves), "--steps", "4", "--no-eval"]) == 0
+    assert not (tmp_path / "halves.partial").exists() and not (halves / "eval.json").exists()
+
+    want, got = _saved_run(straight), _saved_run(halves)
+    assert got["metrics"] == want["metrics"] and [m["step"] for m in got["metrics"]] == [1, 2, 3, 4]
+    assert got["metrics"][:2] == first_half["metrics"], "metrics.jsonl is appended to"
+    assert got["plain"] == want["plain"] and got["plain"]["steps"] == 4
+    assert got["plain"]["kl_coef"] != first_half["plain"]["kl_coef"] != 0.2, "the KL coefficient moved"
+    assert got["config"] == want["config"], "the run's config, --steps the total"
+    for part in ("weights", "value_head", "adam", "generator"):
+        assert got[part].keys() == want[part].keys() and got[part]
+        for name, value in want[part].items():
+            assert torch.equal(got[part][name], value), f"{part} {name}"
+            assert part == "generator" or not torch.equal(first_half[part][name], value), f"{part} {name} moved"
+
+    # a resumed run is the saved one: nothing else may change, and --steps counts the steps already taken
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(halves), "--steps", "4"]) == 2
+    assert "already has 4 steps" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(halves), "--steps", "6", "--ppo.learning_rate", "1"]) == 2
+    assert "not --ppo.learning_rate" in capsys.readouterr().err
 
 
 def test_help_explains_every_option(capsys):
