@@ -63,19 +63,24 @@ def main(argv: list[str] | None = None) -> int:
     n, k = args.eval_prompts, args.eval_answers
     prompts, queries = run.heldout_prompts[:n], run.heldout_queries[:n]
     reference = sample_reference(run.policy, queries, base.generation, base.eval_seed, k)
-    floor = evaluate(
-        run.policy,
-        run.scorer,
-        base.reward.use_logit,
-        prompts,
-        queries,
-        base.generation,
-        base.eval_seed,
-        reference_responses=reference,
-        k=k,
-        judge=judge,
-        noise_floor=True,
-    ).noise_floor
+
+    def against_reference(policy, scorer, noise_floor: bool = False):
+        """Every row is judged alike: the preset's generation settings, reward and seed, the shared answers."""
+        return evaluate(
+            policy,
+            scorer,
+            base.reward.use_logit,
+            prompts,
+            queries,
+            base.generation,
+            base.eval_seed,
+            reference_responses=reference,
+            k=k,
+            judge=judge,
+            noise_floor=noise_floor,
+        )
+
+    floor = against_reference(run.policy, run.scorer, noise_floor=True).noise_floor
     head = [
         f"{args.preset} preset, {args.steps} PPO steps per row; evaluation: {n} held-out prompts x {k} answers per "
         "side with shared seeds, every row against the same reference answers. Changes: policy against reference, "
@@ -101,18 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             history = train(row_run, steps=args.steps, progress=False)
             train_s = time.perf_counter() - t0
-            ev = evaluate(
-                row_run.policy,
-                row_run.scorer,
-                base.reward.use_logit,
-                prompts,
-                queries,
-                base.generation,
-                base.eval_seed,
-                reference_responses=reference,
-                k=k,
-                judge=judge,
-            )
+            ev = against_reference(row_run.policy, row_run.scorer)
             rewards = [h["env/reward_mean"] for h in history]
             r = {
                 "row": name.strip(),
