@@ -2,8 +2,10 @@
 
 Export shapes:
 - unpaired (binary and 1-5 ratings): ``prompt``, ``completion``, ``label`` (True = not toxic / harmless, as
-  KTO reads it), plus ``score`` (the rating in [0, 1]), ``kind``, ``annotator``, ``generation_id``;
-- pairwise: ``prompt``, ``chosen``, ``rejected`` (ties are left out), plus ``annotator``.
+  KTO reads it), plus ``score`` (the rating in [0, 1]), ``kind``, ``annotator``, ``generation_id``, ``comment``
+  and ``policy_version`` (the name of the version that wrote the completion);
+- pairwise: ``prompt``, ``chosen``, ``rejected`` (ties are left out), plus ``annotator``, ``comment`` and
+  ``policy_version``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from db import queries as q
-from db.models import Annotator, Comparison, Generation, Rating
+from db.models import Annotator, Comparison, Generation, PolicyVersion, Rating
 from feedback.types import ImportReport
 
 IMPORT_FORMATS = (".csv", ".jsonl", ".parquet")
@@ -199,9 +201,19 @@ def add_prompt_texts(
 def unpaired_rows(session_factory: sessionmaker[Session]) -> list[dict]:
     with session_factory.begin() as s:
         rows = s.execute(
-            select(Generation.query_text, Generation.response, Rating.score, Rating.kind, Annotator.name, Generation.id)
+            select(
+                Generation.query_text,
+                Generation.response,
+                Rating.score,
+                Rating.kind,
+                Annotator.name,
+                Generation.id,
+                Rating.comment,
+                PolicyVersion.name,
+            )
             .join(Rating, Rating.generation_id == Generation.id)
             .join(Annotator, Annotator.id == Rating.annotator_id)
+            .join(PolicyVersion, PolicyVersion.id == Generation.policy_version_id)
             .order_by(Rating.id)
         )
         return [
@@ -213,8 +225,10 @@ def unpaired_rows(session_factory: sessionmaker[Session]) -> list[dict]:
                 "kind": kind,
                 "annotator": name,
                 "generation_id": gid,
+                "comment": comment,
+                "policy_version": version,
             }
-            for prompt, completion, score, kind, name, gid in rows
+            for prompt, completion, score, kind, name, gid, comment, version in rows
         ]
 
 
@@ -222,10 +236,19 @@ def pairwise_rows(session_factory: sessionmaker[Session]) -> list[dict]:
     ga, gb = aliased(Generation), aliased(Generation)
     with session_factory.begin() as s:
         rows = s.execute(
-            select(ga.query_text, ga.response, gb.response, Comparison.winner, Annotator.name)
+            select(
+                ga.query_text,
+                ga.response,
+                gb.response,
+                Comparison.winner,
+                Annotator.name,
+                Comparison.comment,
+                PolicyVersion.name,
+            )
             .join(ga, ga.id == Comparison.generation_a_id)
             .join(gb, gb.id == Comparison.generation_b_id)
             .join(Annotator, Annotator.id == Comparison.annotator_id)
+            .join(PolicyVersion, PolicyVersion.id == ga.policy_version_id)
             .where(Comparison.winner != "tie")
             .order_by(Comparison.id)
         )
@@ -235,8 +258,10 @@ def pairwise_rows(session_factory: sessionmaker[Session]) -> list[dict]:
                 "chosen": a if winner == "a" else b,
                 "rejected": b if winner == "a" else a,
                 "annotator": name,
+                "comment": comment,
+                "policy_version": version,
             }
-            for prompt, a, b, winner, name in rows
+            for prompt, a, b, winner, name, comment, version in rows
         ]
 
 
@@ -251,10 +276,20 @@ def export_ratings(
         raise ValueError(f"export format must be one of {EXPORT_FORMATS}, got {fmt!r}")
     if shape == "unpaired":
         rows = unpaired_rows(session_factory)
-        columns = ["prompt", "completion", "label", "score", "kind", "annotator", "generation_id"]
+        columns = [
+            "prompt",
+            "completion",
+            "label",
+            "score",
+            "kind",
+            "annotator",
+            "generation_id",
+            "comment",
+            "policy_version",
+        ]
     elif shape == "pairwise":
         rows = pairwise_rows(session_factory)
-        columns = ["prompt", "chosen", "rejected", "annotator"]
+        columns = ["prompt", "chosen", "rejected", "annotator", "comment", "policy_version"]
     else:
         raise ValueError(f"export shape must be unpaired or pairwise, got {shape!r}")
     out = Path(out)

@@ -430,10 +430,10 @@ def test_export_round_trips_in_trl_shapes(store, tmp_path):
     svc = FeedbackService(Session)
     ids = _fill(svc, 6, n_prompts=3)
     a, b = svc.annotator("ann"), svc.annotator("bea")
-    svc.submit(a.id, ids[0], "binary", 0)
+    svc.submit(a.id, ids[0], "binary", 0, comment="rude")
     svc.submit(b.id, ids[0], "scale", 5)
     svc.submit(a.id, ids[1], "binary", 1)
-    svc.submit_comparison(a.id, ids[0], ids[3], "b")  # ids[0] and ids[3] answer the same prompt
+    svc.submit_comparison(a.id, ids[0], ids[3], "b", comment="B is kinder")  # ids[0] and ids[3]: one prompt
     svc.submit_comparison(b.id, ids[1], ids[4], "tie")
     expected = [
         {
@@ -444,6 +444,8 @@ def test_export_round_trips_in_trl_shapes(store, tmp_path):
             "kind": "binary",
             "annotator": "ann",
             "generation_id": ids[0],
+            "comment": "rude",
+            "policy_version": "v0 (base)",
         },
         {
             "prompt": "prompt 0",
@@ -453,6 +455,8 @@ def test_export_round_trips_in_trl_shapes(store, tmp_path):
             "kind": "scale",
             "annotator": "bea",
             "generation_id": ids[0],
+            "comment": None,
+            "policy_version": "v0 (base)",
         },
         {
             "prompt": "prompt 1",
@@ -462,6 +466,8 @@ def test_export_round_trips_in_trl_shapes(store, tmp_path):
             "kind": "binary",
             "annotator": "ann",
             "generation_id": ids[1],
+            "comment": None,
+            "policy_version": "v0 (base)",
         },
     ]
     out = export_ratings(Session, tmp_path / "r.jsonl", "jsonl")
@@ -476,7 +482,14 @@ def test_export_round_trips_in_trl_shapes(store, tmp_path):
     assert ds.to_list() == expected
     pairs = datasets.load_from_disk(str(export_ratings(Session, tmp_path / "pairs", "dataset", shape="pairwise")))
     assert pairs.to_list() == [
-        {"prompt": "prompt 0", "chosen": "response 3", "rejected": "response 0", "annotator": "ann"}
+        {
+            "prompt": "prompt 0",
+            "chosen": "response 3",
+            "rejected": "response 0",
+            "annotator": "ann",
+            "comment": "B is kinder",
+            "policy_version": "v0 (base)",
+        }
     ]
 
 
