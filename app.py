@@ -174,7 +174,14 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
             # ---- Label -------------------------------------------------------------------------------------
             with gr.Tab("Label", id="label"):
                 with gr.Row():
-                    name = gr.Textbox(label="Your name", value="annotator", visible=not auth, scale=1, elem_id="name")
+                    name = gr.Textbox(
+                        label="Your name (press Enter)",
+                        value="annotator",
+                        visible=not auth,
+                        scale=1,
+                        elem_id="name",
+                    )
+                    saved_name = gr.BrowserState("", storage_key="rlhf-studio-name")  # survives a reload
                     kind = gr.Radio(list(KINDS), value=list(KINDS)[0], label="Rating kind", scale=2, elem_id="kind")
                 prompt = gr.Textbox(
                     label="Prompt (dialogue)", lines=8, max_lines=16, interactive=False, elem_id="prompt"
@@ -381,8 +388,13 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
                 return (text, *show_next(st, who_name, kind_label, rev, request))
             return (text, *[gr.skip()] * len(label_outputs))
 
-        demo.load(show_next, [state, name, kind, reveal], label_outputs)
+        def restore_name(saved: str):
+            return saved or gr.skip()
+
+        # the name typed last time in this browser comes back before the first item is fetched
+        demo.load(restore_name, [saved_name], [name]).then(show_next, [state, name, kind, reveal], label_outputs)
         name.submit(show_next, [state, name, kind, reveal], label_outputs)
+        name.submit(_remember_name, [name], [saved_name])
         kind.input(show_next, [state, name, kind, reveal], label_outputs)  # a person's choice, not an undo's
         reveal.change(redraw, [state, reveal], label_outputs)
 
@@ -464,7 +476,7 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
 
         round_outputs = [round_status, round_progress, reward_plot, kl_plot, history]
         mode.change(preview, [mode, weight], [preview_table, histogram])
-        weight.release(preview, [mode, weight], [preview_table, histogram])
+        weight.change(preview, [mode, weight], [preview_table, histogram])  # mouse and keys alike
         b_start.click(start_round, [state, mode, weight, steps, batch, lr, kl, n_eval], round_outputs)
         b_cancel.click(cancel_round, [state], round_outputs)
         b_rollback.click(rollback, [state, version_pick], [*round_outputs, version_pick, cmp_version])
@@ -613,10 +625,16 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
             [version_pick, cmp_version, heldout_pick, preview_table, histogram, *round_outputs, counts, agreement],
         )
         history.change(lambda: _version_choices(studio), None, [version_pick, cmp_version])
+        history.change(preview, [mode, weight], [preview_table, histogram])  # a new version: new items to preview
     return demo
 
 
 # ---- view helpers (plain data -> component values) -------------------------------------------------------------
+def _remember_name(typed: str) -> str:
+    """What the browser keeps (gr.BrowserState) for the next visit: the name as typed."""
+    return typed.strip()
+
+
 def _login(request: gr.Request | None) -> str | None:
     """The signed-in account of a request (None when the app runs without logins)."""
     return getattr(request, "username", None) if request is not None else None

@@ -47,7 +47,7 @@ def _rows(path: Path) -> Iterator[tuple[str, dict | None, str | None]]:
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
+                    row = json.loads(line.strip())  # a column past the end of the line would mislead
                 except json.JSONDecodeError as err:
                     yield f"line {n}", None, f"not valid JSON: {err.msg} (column {err.colno})"
                     continue

@@ -297,3 +297,33 @@ def test_hostile_names_and_files_stay_text_and_exports_stay_private(chromium, st
     assert chromium.new_context().request.get(export_url).status == 404
     other.close()
     admin.close()
+
+
+def test_without_logins_the_typed_name_survives_a_reload(chromium, studio_url):
+    from sqlalchemy import select
+
+    from app import launch
+    from db.models import Annotator, Rating
+
+    _, studio = studio_url
+    port = _free_port()
+    app, _, _ = launch(studio, "127.0.0.1", port, auth=False, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    page = chromium.new_page()
+    page.goto(url)
+    progress = page.locator("#progress")
+    _wait_for(lambda: "signed in as annotator" in progress.inner_text(), what="the page")
+    page.locator("#name textarea, #name input").first.fill("Zoë Lee")
+    page.locator("#name textarea, #name input").first.press("Enter")
+    _wait_for(lambda: "signed in as Zoë Lee" in progress.inner_text(), what="the typed name")
+    _wait_for(lambda: "rlhf-studio-name" in page.evaluate("Object.keys(localStorage)"), what="the name to be kept")
+    page.reload()
+    _wait_for(lambda: "signed in as Zoë Lee" in progress.inner_text(), what="the name after a reload")
+    assert page.locator("#name textarea, #name input").first.input_value() == "Zoë Lee"
+    _wait_for(lambda: page.locator("#prompt textarea").input_value().startswith("#Person1#"), what="an item")
+    page.click("#rate-ok")
+    _wait_for(lambda: "you: 1" in progress.inner_text(), what="the rating")
+    with studio.svc.Session.begin() as s:
+        names = list(s.scalars(select(Annotator.name).join(Rating, Rating.annotator_id == Annotator.id)))
+    assert names == ["Zoë Lee"]  # not "annotator"
+    app.close() if hasattr(app, "close") else None
