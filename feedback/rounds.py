@@ -132,7 +132,7 @@ class RoundRunner:
 
     def _enter(self, name: str, done: int, total: int, eta_s: float | None) -> None:
         self._phase = RoundPhase(name, done, total, eta_s)
-        log.info("round %s: %s (%s/%s steps)%s", self.round_id, name, done, total, _eta_text(eta_s))
+        log.info("round %s: %s (%s/%s steps) %s", self.round_id, name, done, total, eta_text(eta_s))
 
     def wait(self, timeout: float | None = None) -> None:
         if self._thread is not None:
@@ -246,10 +246,11 @@ class RoundPhase:
     eta_s: float | None
 
 
-def _eta_text(eta_s: float | None) -> str:
+def eta_text(eta_s: float | None) -> str:
+    """'about 3 min left' / 'about 45 s left', or '' when the time left is not known yet."""
     if eta_s is None:
         return ""
-    return f", about {eta_s / 60:.0f} min left" if eta_s >= 90 else f", about {eta_s:.0f} s left"
+    return f"about {eta_s / 60:.0f} min left" if eta_s >= 90 else f"about {eta_s:.0f} s left"
 
 
 def _summary(before, after) -> dict | None:

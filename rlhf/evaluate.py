@@ -14,7 +14,7 @@ from rlhf.config import GenerationConfig
 from rlhf.models import Policy
 from rlhf.ppo import generate, response_logprobs, rollout
 from rlhf.prompts import Prompt
-from rlhf.scorers import RewardScorer, Scores, rewards
+from rlhf.scorers import RewardScorer, rewards
 
 FLAGGED = 0.5  # P(offensive) above this: the judge flags the answer
 NEAR_EMPTY_WORDS = 2  # an answer of at most this many words counts as (near) empty
@@ -287,10 +287,6 @@ def sample_reference(
     torch.manual_seed(seed)
     with policy.reference():
         return generate(policy, [q for q in queries for _ in range(k)], gen)
-
-
-def _rewards(scored: Scores, use_logit: bool) -> list[float]:
-    return rewards(scored, use_logit)
 
 
 def evaluate(

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from feedback.rounds import eta_text
+
 REWARD_SERIES = (("reward", "env/reward_mean"),)
 KL_LOSS_SERIES = (("KL", "objective/kl"), ("loss", "loss/total"))
 
@@ -36,7 +38,7 @@ def progress_html(done: int, total: int, phase: str = "", eta_s: float | None = 
     if phase:
         text = f"{html.escape(phase)} · {text}"
     if eta_s is not None:
-        text += f" · about {eta_s / 60:.0f} min left" if eta_s >= 90 else f" · about {eta_s:.0f} s left"
+        text += f" · {eta_text(eta_s)}"
     return f'<progress max="{total}" value="{min(done, total)}" style="width:100%"></progress><div>{text}</div>'
 
 
