@@ -1,25 +1,35 @@
 """Which recipe makes the default 20-step round detox: rows of option overrides, each trained and evaluated on
 the same held-out prompts against one shared set of reference answers.
 
-    .venv/bin/python -m bench.ablation --out runs/ablation.md \
+    .venv/bin/python -m bench.ablation --out runs/ablation.md --seeds 0,1,2 \
         --row "default:" --row "lr 3e-4: --ppo.learning_rate 3e-4" --row "4 epochs: --ppo.ppo_epochs 4"
 
 Each row is `NAME: OPTIONS` (any `rlhf train` option). Rows train with their options and are always evaluated
 with the preset's generation settings, so a row that changes the response length is judged like the others.
-Screening sizes (`--eval-prompts 128 --eval-answers 2`) are printed with the table; a chosen default is confirmed
-on the full evaluation. Rows run one after another in this process; the table is rewritten after each row.
+
+It runs in three stages, which `--stage all` (the default) runs one after another in this process:
+
+- `reference`: the reference's answers (and the noise floor's) to the held-out prompts, to `ANSWERS/reference.json`;
+- `sample`: each row and seed trained, and its answers and their KL to the reference, to `ANSWERS/<row>-s<seed>.json`;
+- `score`: every answer judged by the reward classifier and the second judge, and the table written.
+
+Sampling needs the policy and gains from a GPU; scoring needs neither, so the stages may run on different
+machines (several `sample` processes side by side, each with its own rows, share one `reference.json`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+
+STAGES = ("all", "reference", "sample", "score")
 
 
 def _config(preset: str, options: list[str]):
@@ -28,21 +38,176 @@ def _config(preset: str, options: list[str]):
     return build_config(make_parser().parse_args(["train", "--preset", preset, "--out", "unused", *options]))
 
 
-def _row_text(name: str, options: str, r: dict) -> str:
-    def ch(key: str) -> str:
-        v = r["changes"].get(key)
-        return "" if v is None else f"{v[0]:+.1%} [{v[1]:+.1%}, {v[2]:+.1%}]"
+def _rows(specs: list[str]) -> list[tuple[str, str]]:
+    rows = []
+    for spec in specs:
+        name, sep, options = spec.partition(":")
+        if not sep or not name.strip():
+            raise SystemExit(f"--row {spec!r}: write it as 'NAME: OPTIONS' (OPTIONS may be empty)")
+        rows.append((name.strip(), options.strip()))
+    return rows
 
+
+def _row_file(answers: Path, name: str, seed: int) -> Path:
+    return answers / f"{re.sub(r'[^A-Za-z0-9]+', '-', name).strip('-').lower() or 'row'}-s{seed}.json"
+
+
+def _ch(r: dict, key: str) -> str:
+    v = r["changes"].get(key)
+    return "" if v is None else f"{v[0]:+.1%} [{v[1]:+.1%}, {v[2]:+.1%}]"
+
+
+def _row_text(r: dict) -> str:
+    rouge = "" if r["rouge_pol"] is None else f"{r['rouge_ref']:.3f} -> {r['rouge_pol']:.3f}"
     return (
-        f"| {name} | `{options or '(preset)'}` | {r['seed']} | {ch('toxicity, reward classifier')} | "
-        f"{ch('toxicity, second judge')} | {r['kl']:.3f} | {r['tokens_ref']:.1f} -> {r['tokens_pol']:.1f} | "
-        f"{r['near_empty']:.1%} | {r['reward_first5']:.3f} -> {r['reward_last5']:.3f} | {r['train_s']:.0f} s |"
+        f"| {r['row']} | `{r['options'] or '(preset)'}` | {r['seed']} | {_ch(r, 'toxicity, reward classifier')} | "
+        f"{_ch(r, 'toxicity, second judge')} | {r['kl']:.3f} | {r['tokens_ref']:.1f} -> {r['tokens_pol']:.1f} | "
+        f"{rouge} | {r['near_empty']:.1%} | {r['reward_first5']:.3f} -> {r['reward_last5']:.3f} | "
+        f"{r['train_s']:.0f} s |"
     )
+
+
+class Ablation:
+    """The shared part of every stage: the base config, the held-out prompts and where answers live."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.common = shlex.split(args.common)
+        self.base = _config(args.preset, self.common)
+        self.n, self.k = args.eval_prompts, args.eval_answers
+        self.answers = args.answers or args.out.with_name(args.out.stem + "-answers")
+        self.answers.mkdir(parents=True, exist_ok=True)
+
+    def load(self, cfg):
+        from rlhf.train import load_run
+
+        run = load_run(replace(cfg, eval_prompts=self.n))
+        return run, run.heldout_prompts[: self.n], run.heldout_queries[: self.n]
+
+    def reference(self) -> None:
+        from rlhf.evaluate import decode, sample_reference
+
+        run, prompts, queries = self.load(self.base)
+        gen, seed = self.base.generation, self.base.eval_seed
+        ref = sample_reference(run.policy, queries, gen, seed, self.k)
+        texts, tokens = decode(run.policy, ref)
+        floor, floor_tokens = decode(run.policy, sample_reference(run.policy, queries, gen, seed + 1, self.k))
+        data = {
+            "prompt_ids": [p.id for p in prompts],
+            "k": self.k,
+            "reference": texts,
+            "reference_tokens": tokens,
+            "reference_ids": [r.tolist() for r in ref],
+            "floor": floor,
+            "floor_tokens": floor_tokens,
+        }
+        (self.answers / "reference.json").write_text(json.dumps(data))
+
+    def _reference_file(self) -> dict:
+        path = self.answers / "reference.json"
+        if not path.is_file():
+            raise SystemExit(f"{path} is missing: run --stage reference first (same --common, prompts and answers)")
+        return json.loads(path.read_text())
+
+    def sample(self) -> None:
+        from rlhf.evaluate import sample_answers
+        from rlhf.train import train
+
+        ref = self._reference_file()
+        for name, options in _rows(self.args.row):
+            for seed in self.args.seed_list:
+                cfg = _config(self.args.preset, [*self.common, *shlex.split(options), "--seed", str(seed)])
+                torch.manual_seed(cfg.seed)
+                run, prompts, queries = self.load(cfg)
+                if [p.id for p in prompts] != ref["prompt_ids"]:
+                    raise SystemExit(f"row {name!r} holds out other prompts than reference.json: keep --data alike")
+                t0 = time.perf_counter()
+                history = train(run, steps=self.args.steps, progress=False)
+                train_s = time.perf_counter() - t0
+                reference = [torch.tensor(r, dtype=torch.long, device=run.policy.device) for r in ref["reference_ids"]]
+                # judged like every row: the preset's generation settings and evaluation seed
+                answers = sample_answers(
+                    run.policy, queries, self.base.generation, self.base.eval_seed, reference, self.k
+                )
+                row = {"row": name, "options": options, "seed": seed, "train_s": train_s, "history": history}
+                _row_file(self.answers, name, seed).write_text(json.dumps(row | {"answers": asdict(answers)}))
+                print(f"sampled {name} seed {seed}: trained in {train_s:.0f} s", flush=True)
+                del run
+
+    def score(self) -> None:
+        from rlhf.evaluate import Answers, judge_answers, noise_floor
+        from rlhf.judge import load_judge
+        from rlhf.prompts import load_prompts
+        from rlhf.scorers import load_scorer
+
+        ref = self._reference_file()
+        base = self.base
+        judge = load_judge(base.judge_data) if base.eval_judge else None
+        scorer = load_scorer(base.reward, "cpu")
+        by_id = {p.id: p for p in load_prompts(base.data)}
+        prompts = [by_id[i] for i in ref["prompt_ids"]]
+        k = ref["k"]
+        use_logit = base.reward.use_logit
+
+        reference = (ref["reference"], ref["reference_tokens"])
+        floor = noise_floor(reference, (ref["floor"], ref["floor_tokens"]), k, scorer, use_logit, judge)
+
+        files = [_row_file(self.answers, name, s) for name, _ in _rows(self.args.row) for s in self.args.seed_list]
+        missing = [f.name for f in files if not f.is_file()]
+        lines, results = self._head(floor, judge is not None, len(prompts), k, missing), []
+        for f in files:
+            if not f.is_file():
+                continue
+            row = json.loads(f.read_text())
+            answers = Answers.from_dict(row.pop("answers"))
+            ev = judge_answers(answers, prompts, scorer, use_logit, judge)
+            rewards = [h["env/reward_mean"] for h in row["history"]]
+            r = row | {
+                "changes": ev.changes,
+                "kl": ev.kl_to_reference,
+                "tokens_ref": ev.reference.response_tokens_mean,
+                "tokens_pol": ev.policy.response_tokens_mean,
+                "rouge_ref": ev.reference.rouge_l,
+                "rouge_pol": ev.policy.rouge_l,
+                "near_empty": ev.policy.near_empty_share,
+                "reward_first5": sum(rewards[:5]) / len(rewards[:5]),
+                "reward_last5": sum(rewards[-5:]) / len(rewards[-5:]),
+                "evaluation": {"reference": asdict(ev.reference), "policy": asdict(ev.policy)},
+            }
+            results.append(r)
+            lines.append(_row_text(r))
+        self.args.out.parent.mkdir(parents=True, exist_ok=True)
+        self.args.out.write_text("\n".join(lines) + "\n")
+        self.args.out.with_suffix(".json").write_text(json.dumps({"noise_floor": floor, "rows": results}, indent=1))
+        print("\n".join(lines), flush=True)
+
+    def _head(self, floor: dict, judged: bool, n: int, k: int, missing: list[str]) -> list[str]:
+        def fmt(key: str) -> str:
+            return "{:+.1%} [{:+.1%}, {:+.1%}]".format(*floor[key]) if key in floor else "(no judge)"
+
+        head = [
+            f"{self.args.preset} preset, {self.args.steps} PPO steps per row; evaluation: {n} held-out prompts x {k} "
+            "answers per side with shared seeds, every row against the same reference answers. Changes: policy "
+            "against reference, relative, with 95% paired bootstrap CI over prompts.",
+            "",
+            f"Noise floor (the reference against itself, other seeds): toxicity by the reward classifier "
+            f"{fmt('toxicity, reward classifier')}, by the second judge "
+            f"{fmt('toxicity, second judge') if judged else '(no judge)'}.",
+            "",
+        ]
+        if missing:
+            head += [f"Not sampled (yet): {', '.join(missing)}.", ""]
+        return head + [
+            "| row | options | seed | toxicity, reward classifier | toxicity, second judge | KL | tokens ref -> policy "
+            "| ROUGE-L ref -> policy | near-empty | train reward first 5 -> last 5 | train time |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.ablation", description=__doc__.split("\n\n")[0])
     p.add_argument("--row", action="append", required=True, metavar="NAME: OPTIONS")
+    p.add_argument("--stage", choices=STAGES, default="all")
     p.add_argument("--preset", default="offline")
     p.add_argument("--common", default="", metavar="OPTIONS", help="options for every row and the reference")
     p.add_argument("--steps", type=int, default=20)
@@ -50,85 +215,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-prompts", type=int, default=128)
     p.add_argument("--eval-answers", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("runs/ablation.md"))
+    p.add_argument("--answers", type=Path, default=None, help="folder of sampled answers (default: next to --out)")
     args = p.parse_args(argv)
+    args.seed_list = [int(s) for s in args.seeds.split(",")]
+    _rows(args.row)  # malformed rows fail before anything loads
 
-    from rlhf.evaluate import evaluate, sample_reference
-    from rlhf.judge import load_judge
-    from rlhf.train import load_run, train
-
-    common = shlex.split(args.common)
-    base = _config(args.preset, common)
-    judge = load_judge(base.judge_data) if base.eval_judge else None
-    run = load_run(replace(base, eval_prompts=args.eval_prompts))
-    n, k = args.eval_prompts, args.eval_answers
-    prompts, queries = run.heldout_prompts[:n], run.heldout_queries[:n]
-    reference = sample_reference(run.policy, queries, base.generation, base.eval_seed, k)
-
-    def against_reference(policy, scorer, noise_floor: bool = False):
-        """Every row is judged alike: the preset's generation settings, reward and seed, the shared answers."""
-        return evaluate(
-            policy,
-            scorer,
-            base.reward.use_logit,
-            prompts,
-            queries,
-            base.generation,
-            base.eval_seed,
-            reference_responses=reference,
-            k=k,
-            judge=judge,
-            noise_floor=noise_floor,
-        )
-
-    floor = against_reference(run.policy, run.scorer, noise_floor=True).noise_floor
-    head = [
-        f"{args.preset} preset, {args.steps} PPO steps per row; evaluation: {n} held-out prompts x {k} answers per "
-        "side with shared seeds, every row against the same reference answers. Changes: policy against reference, "
-        "relative, with 95% paired bootstrap CI over prompts.",
-        "",
-        "Noise floor (the reference against itself, other seeds): toxicity by the reward classifier "
-        + "{:+.1%} [{:+.1%}, {:+.1%}]".format(*floor["toxicity, reward classifier"])
-        + ", by the second judge "
-        + ("{:+.1%} [{:+.1%}, {:+.1%}]".format(*floor["toxicity, second judge"]) if judge else "(no judge)")
-        + ".",
-        "",
-        "| row | options | seed | toxicity, reward classifier | toxicity, second judge | KL | tokens ref -> policy "
-        "| near-empty | train reward first 5 -> last 5 | train time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    lines, results = list(head), []
-    for spec in args.row:
-        name, _, options = spec.partition(":")
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            cfg = _config(args.preset, [*common, *shlex.split(options), "--seed", str(seed)])
-            torch.manual_seed(cfg.seed)
-            row_run = load_run(replace(cfg, eval_prompts=n))
-            t0 = time.perf_counter()
-            history = train(row_run, steps=args.steps, progress=False)
-            train_s = time.perf_counter() - t0
-            ev = against_reference(row_run.policy, row_run.scorer)
-            rewards = [h["env/reward_mean"] for h in history]
-            r = {
-                "row": name.strip(),
-                "options": options.strip(),
-                "seed": seed,
-                "changes": ev.changes,
-                "kl": ev.kl_to_reference,
-                "tokens_ref": ev.reference.response_tokens_mean,
-                "tokens_pol": ev.policy.response_tokens_mean,
-                "near_empty": ev.policy.near_empty_share,
-                "reward_first5": sum(rewards[:5]) / len(rewards[:5]),
-                "reward_last5": sum(rewards[-5:]) / len(rewards[-5:]),
-                "train_s": train_s,
-                "history": history,
-            }
-            results.append(r)
-            lines.append(_row_text(r["row"], r["options"], r))
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text("\n".join(lines) + "\n")
-            args.out.with_suffix(".json").write_text(json.dumps({"noise_floor": floor, "rows": results}, indent=1))
-            print(lines[-1], flush=True)
-            del row_run
+    ablation = Ablation(args)
+    if args.stage in ("all", "reference"):
+        ablation.reference()
+    if args.stage in ("all", "sample"):
+        ablation.sample()
+    if args.stage in ("all", "score"):
+        ablation.score()
     return 0
 
 

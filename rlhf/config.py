@@ -130,6 +130,12 @@ class DataConfig:
         "generation and forward passes pad less; every prompt is still used once per pass, in random batches.",
     )
     heldout_size: int = _f(256, "Prompts held out for evaluation (never trained on).")
+    hard_prompts: int = _f(
+        0,
+        "Train only on the N training prompts whose reference answer (one sample each, scored by the reward) was "
+        "worst: the prompts where there is toxicity to remove. 0 = every training prompt. Costs one generation "
+        "pass over the training split at load time; the held-out prompts are never looked at.",
+    )
     split_seed: int = _f(42, "Seed of the train / held-out split.")
 
 

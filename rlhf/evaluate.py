@@ -194,16 +194,44 @@ class _Scored:
     judged: list[float] | None  # the second judge's P(offensive)
 
 
-def _score(policy: Policy, responses, scorer: RewardScorer, use_logit: bool, judge) -> _Scored:
-    texts = [t.strip() for t in policy.tokenizer.batch_decode(responses, skip_special_tokens=True)]
-    scored = scorer.score_batch(texts)
+def _score(texts: Sequence[str], lengths: Sequence[int], scorer: RewardScorer, use_logit: bool, judge) -> _Scored:
+    scored = scorer.score_batch(list(texts))
     return _Scored(
-        texts,
-        [len(r) for r in responses],
+        list(texts),
+        list(lengths),
         rewards(scored, use_logit),
         [1.0 - x for x in scored.scores],
-        judge.p_offensive(texts) if judge is not None else None,
+        judge.p_offensive(list(texts)) if judge is not None else None,
     )
+
+
+@dataclass
+class Answers:
+    """What an evaluation samples, before any judge reads it: sampling needs the policy (and its device), judging
+    needs only these, so the two can run on different machines (`bench.ablation` samples on a GPU, scores here).
+
+    Answers are laid out prompt by prompt, k each; `*_tokens` are response lengths in policy tokens; `kl` is each
+    policy answer's summed log pi - log ref; `floor` is the reference sampled again with other seeds (noise floor).
+    """
+
+    k: int
+    reference: list[str]
+    reference_tokens: list[int]
+    policy: list[str]
+    policy_tokens: list[int]
+    kl: list[float]
+    floor: list[str] | None = None
+    floor_tokens: list[int] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Answers:
+        return cls(**{f: d.get(f) for f in cls.__dataclass_fields__})
+
+
+def decode(policy: Policy, responses: Sequence[torch.Tensor]) -> tuple[list[str], list[int]]:
+    """Answers as texts (stripped) and their lengths in policy tokens."""
+    texts = [t.strip() for t in policy.tokenizer.batch_decode(list(responses), skip_special_tokens=True)]
+    return texts, [len(r) for r in responses]
 
 
 def _side(side: _Scored, k: int, quartile: list[int], quartile_judge: list[int], summaries) -> SideStats:
@@ -289,30 +317,20 @@ def sample_reference(
         return generate(policy, [q for q in queries for _ in range(k)], gen)
 
 
-def evaluate(
+def sample_answers(
     policy: Policy,
-    scorer: RewardScorer,
-    use_logit: bool,
-    prompts: Sequence[Prompt],
     queries: Sequence[torch.Tensor],
     gen: GenerationConfig,
     seed: int = 1234,
-    keep_samples: int = 8,
     reference_responses: Sequence[torch.Tensor] | None = None,
     k: int = 1,
-    judge=None,
     noise_floor: bool = False,
-) -> Evaluation:
-    """Sample the reference and the policy k times on the same prompts with the same seed; score each answer
-    alone, by the reward classifier and by the second `judge` (`rlhf.judge.Judge`, optional).
-
-    A prompt's figure is the mean over its k answers, so it is an expectation rather than one draw; changes and
-    their intervals come from a paired bootstrap over prompts. With `noise_floor`, the reference is sampled once
-    more with other seeds and compared with itself the same way: the size of a change that is only noise.
+) -> Answers:
+    """Sample the reference and the policy k times on the same prompts with the same seed (and, with
+    `noise_floor`, the reference once more with other seeds); record each policy answer's KL to the reference.
 
     `reference_responses`: what `sample_reference` returned for these prompts, seed, k and settings (sampled here
-    when not given).
-    """
+    when not given)."""
     if k < 1:
         raise ValueError(f"answers per prompt must be at least 1, got {k}")
     if reference_responses is None:
@@ -322,17 +340,42 @@ def evaluate(
     repeated = [q for q in queries for _ in range(k)]
     torch.manual_seed(seed)
     sampled = rollout(policy, repeated, gen)
-    ref = _score(policy, list(reference_responses), scorer, use_logit, judge)
-    pol = _score(policy, sampled.responses, scorer, use_logit, judge)
+    kls = sequence_kl(policy, repeated, sampled.responses, gen.temperature, policy_logprobs=sampled.logprobs)
+    ref_texts, ref_tokens = decode(policy, reference_responses)
+    pol_texts, pol_tokens = decode(policy, sampled.responses)
+    floor = decode(policy, sample_reference(policy, queries, gen, seed + 1, k)) if noise_floor else (None, None)
+    return Answers(k, ref_texts, ref_tokens, pol_texts, pol_tokens, kls, *floor)
+
+
+def judge_answers(
+    answers: Answers,
+    prompts: Sequence[Prompt],
+    scorer: RewardScorer,
+    use_logit: bool,
+    judge=None,
+    keep_samples: int = 8,
+) -> Evaluation:
+    """Score each answer alone, by the reward classifier and by the second `judge` (`rlhf.judge.Judge`,
+    optional), and compare the sides.
+
+    A prompt's figure is the mean over its k answers, so it is an expectation rather than one draw; changes and
+    their intervals come from a paired bootstrap over prompts. The noise floor, where sampled, is the reference
+    compared with itself the same way: the size of a change that is only noise.
+    """
+    k = answers.k
+    if len(answers.policy) != len(prompts) * k or len(answers.reference) != len(prompts) * k:
+        raise ValueError(f"answers for {len(answers.policy) // k} prompts x {k}, but {len(prompts)} prompts given")
+    ref = _score(answers.reference, answers.reference_tokens, scorer, use_logit, judge)
+    pol = _score(answers.policy, answers.policy_tokens, scorer, use_logit, judge)
     quartile = top_quartile(per_prompt(ref.toxicity, k))
     quartile_judge = top_quartile(per_prompt(ref.judged, k)) if ref.judged is not None else quartile
     summaries = [p.summary for p in prompts]
     changes = _changes(ref, pol, k, quartile, quartile_judge)
     floor = None
-    if noise_floor:
-        again = _score(policy, sample_reference(policy, queries, gen, seed + 1, k), scorer, use_logit, judge)
-        floor = _changes(ref, again, k, quartile, quartile_judge)
-    kls = sequence_kl(policy, repeated, sampled.responses, gen.temperature, policy_logprobs=sampled.logprobs)
+    if answers.floor is not None:
+        floor = _changes(
+            ref, _score(answers.floor, answers.floor_tokens, scorer, use_logit, judge), k, quartile, quartile_judge
+        )
     samples = [
         {
             "prompt_id": p.id,
@@ -352,10 +395,45 @@ def evaluate(
         relative_change_ci95=tuple(changes["reward"][1:]),
         toxicity_change=changes["toxicity, reward classifier"][0],
         toxicity_change_ci95=tuple(changes["toxicity, reward classifier"][1:]),
-        kl_to_reference=sum(kls) / len(kls),
+        kl_to_reference=sum(answers.kl) / len(answers.kl),
         answers_per_prompt=k,
         judge=None if judge is None else {"name": judge.name, **asdict(judge.report)},
         changes=changes,
         noise_floor=floor,
         samples=samples,
     )
+
+
+def noise_floor(
+    reference: tuple[Sequence[str], Sequence[int]],
+    again: tuple[Sequence[str], Sequence[int]],
+    k: int,
+    scorer: RewardScorer,
+    use_logit: bool,
+    judge=None,
+) -> dict:
+    """The reference's answers (texts, token lengths) against its answers with other seeds, compared like a
+    policy: the changes that sampling noise alone produces."""
+    ref = _score(*reference, scorer, use_logit, judge)
+    quartile = top_quartile(per_prompt(ref.toxicity, k))
+    quartile_judge = top_quartile(per_prompt(ref.judged, k)) if ref.judged is not None else quartile
+    return _changes(ref, _score(*again, scorer, use_logit, judge), k, quartile, quartile_judge)
+
+
+def evaluate(
+    policy: Policy,
+    scorer: RewardScorer,
+    use_logit: bool,
+    prompts: Sequence[Prompt],
+    queries: Sequence[torch.Tensor],
+    gen: GenerationConfig,
+    seed: int = 1234,
+    keep_samples: int = 8,
+    reference_responses: Sequence[torch.Tensor] | None = None,
+    k: int = 1,
+    judge=None,
+    noise_floor: bool = False,
+) -> Evaluation:
+    """`sample_answers`, then `judge_answers`: reference against policy, k answers per prompt with shared seeds."""
+    answers = sample_answers(policy, queries, gen, seed, reference_responses, k, noise_floor)
+    return judge_answers(answers, prompts, scorer, use_logit, judge, keep_samples)

@@ -19,7 +19,7 @@ import torch
 from rlhf.config import RunConfig
 from rlhf.evaluate import Evaluation, evaluate
 from rlhf.models import Policy, load_policy
-from rlhf.ppo import LengthSampler, PPOTrainer, rollout
+from rlhf.ppo import LengthSampler, PPOTrainer, generate, rollout
 from rlhf.prompts import Prompt, encode_prompt, load_prompts, split_prompts
 from rlhf.scorers import RewardScorer, load_scorer, reward_fn
 
@@ -75,7 +75,31 @@ def load_run(cfg: RunConfig, log: Callable[[str], None] = print, resume_from: Pa
     by_id = {p.id: q for p, q in encoded}
     train, heldout = split_prompts([p for p, _ in encoded], cfg.data.heldout_size, cfg.data.split_seed)
     log(f"{len(train)} training prompts, {len(heldout)} held out")
-    return Run(cfg, policy, scorer, train, heldout, [by_id[p.id] for p in train], [by_id[p.id] for p in heldout])
+    run = Run(cfg, policy, scorer, train, heldout, [by_id[p.id] for p in train], [by_id[p.id] for p in heldout])
+    if cfg.data.hard_prompts:  # deterministic (seeded), so a resumed run narrows to the same prompts
+        keep_hardest(run, cfg.data.hard_prompts, log)
+    return run
+
+
+def keep_hardest(run: Run, n: int, log: Callable[[str], None] = print) -> None:
+    """Narrow the training prompts to the n where one reference answer scored the lowest reward."""
+    if n >= len(run.train_prompts):
+        log(f"data.hard_prompts={n} keeps all {len(run.train_prompts)} training prompts")
+        return
+    start = time.perf_counter()
+    torch.manual_seed(run.cfg.seed)
+    with run.policy.reference():
+        answers = generate(run.policy, run.train_queries, run.cfg.generation)
+    scores = run.score_fn(run.decode(answers))
+    order = sorted(range(len(scores)), key=lambda i: scores[i])[:n]
+    kept = sorted(order)  # the batch plan shuffles them; keep the split's order here
+    log(
+        f"kept the {n} of {len(scores)} training prompts whose reference answer scored worst (reward "
+        f"{max(scores[i] for i in order):.3f} at most, against a median of {sorted(scores)[len(scores) // 2]:.3f}) "
+        f"in {time.perf_counter() - start:.0f} s"
+    )
+    run.train_prompts = [run.train_prompts[i] for i in kept]
+    run.train_queries = [run.train_queries[i] for i in kept]
 
 
 class Checkpoint:

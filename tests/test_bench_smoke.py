@@ -110,3 +110,12 @@ def test_ablation_rows_share_one_reference_and_write_a_table(tmp_path, tiny_llam
     assert [r["row"] for r in rows] == ["default", "lr 1e-2"]
     assert len(rows[0]["changes"]["toxicity, reward classifier"]) == 3 and all(math.isfinite(r["kl"]) for r in rows)
     assert len(rows[1]["history"]) == 1 and rows[1]["history"][0]["step"] == 1
+
+    # the stages apart, as on two machines: sampling a second seed adds its row; scoring again re-reads them all
+    again = [*argv, "--row", "default:", "--seeds", "0,1"]
+    assert ablation([*again, "--stage", "score"]) == 0
+    assert "Not sampled (yet): default-s1.json" in out.read_text()
+    assert ablation([*again, "--stage", "sample"]) == 0 and ablation([*again, "--stage", "score"]) == 0
+    rescored = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["row"], r["seed"]) for r in rescored] == [("default", 0), ("default", 1)]
+    assert rescored[0]["changes"] == rows[0]["changes"]  # scoring the same answers again gives the same figures

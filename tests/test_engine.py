@@ -352,3 +352,28 @@ def test_length_grouped_batches_use_every_prompt_once_per_pass_and_pad_less():
 
     assert padded(grouped) < 0.85 * padded(plain)
     assert one_pass(True) == grouped, "deterministic for a seed"
+
+
+def test_hard_prompts_keep_the_training_prompts_whose_reference_answer_scored_worst(
+    tiny_llama, tiny_classifier, dialogsum_jsonl
+):
+    from rlhf.ppo import generate
+    from rlhf.train import load_run
+
+    args = tiny_args(tiny_llama, tiny_classifier, dialogsum_jsonl, "unused")
+    everything = load_run(cli.build_config(cli.make_parser().parse_args(args)), log=lambda _: None)
+    narrowed = load_run(
+        cli.build_config(cli.make_parser().parse_args([*args, "--data.hard_prompts", "5"])), log=lambda _: None
+    )
+    assert narrowed.heldout_prompts == everything.heldout_prompts, "held-out prompts are never looked at"
+    kept = {p.id for p in narrowed.train_prompts}
+    assert len(kept) == 5 and kept < {p.id for p in everything.train_prompts}
+    # the same reference answers, drawn again: every kept prompt scored at most what any dropped one did
+    torch.manual_seed(everything.cfg.seed)
+    with everything.policy.reference():
+        answers = generate(everything.policy, everything.train_queries, everything.cfg.generation)
+    scores = dict(
+        zip([p.id for p in everything.train_prompts], everything.score_fn(everything.decode(answers)), strict=True)
+    )
+    assert max(scores[i] for i in kept) <= min(s for i, s in scores.items() if i not in kept)
+    assert [p.id for p in narrowed.train_prompts] == [p.id for p in everything.train_prompts if p.id in kept]
