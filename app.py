@@ -23,7 +23,6 @@ from fastapi import Request
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 
-from feedback.io import export_ratings, import_prompts
 from feedback.rounds import RoundSettings
 from feedback.studio import Studio, StudioOptions
 from feedback.types import Item, PairItem
@@ -559,8 +558,7 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
             if file is None:
                 raise ValueError("choose a .csv, .jsonl or .parquet file first")
             path = Path(file if isinstance(file, str) else file.name)
-            report = import_prompts(
-                svc.Session,
+            report = svc.import_prompt_file(
                 path,
                 text_column=column.strip() or "dialogue",
                 source=path.name,
@@ -575,7 +573,7 @@ def build_demo(studio: Studio, auth: bool = False) -> gr.Blocks:
             if which_shape not in ("unpaired", "pairwise") or which_fmt not in ("jsonl", "csv", "dataset"):
                 raise ValueError("choose an export shape and a format")
             name = f"ratings-{which_shape}" + ("" if which_fmt == "dataset" else f".{which_fmt}")
-            out = export_ratings(svc.Session, studio.downloads.new_path(name), which_fmt, which_shape)
+            out = svc.export_ratings(studio.downloads.new_path(name), which_fmt, which_shape)
             if which_fmt == "dataset":
                 import shutil
 

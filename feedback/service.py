@@ -26,9 +26,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries as q
 from db.models import Annotator, Comparison, Generation, PolicyVersion, Rating, Skip, TrainingRound, utcnow
+from feedback.io import export_ratings, import_prompts
 from feedback.rewards import blend, comparison_scores, krippendorff_alpha, mean_or_none, rating_score
 from feedback.types import (
     AnnotatorInfo,
+    ImportReport,
     Item,
     NewGeneration,
     PairItem,
@@ -481,6 +483,15 @@ class FeedbackService:
             unrated = q.count_unrated(cur.id, session=s)
             left = q.count_open_for(annotator_id, cur.id, session=s)
             return Progress(total - unrated, total, mine, left)
+
+    # ---- prompts in, ratings out ---------------------------------------------------------------------------
+    def import_prompt_file(self, path: Path, **options) -> ImportReport:
+        """`feedback.io.import_prompts` into this store: every prompt of the file in one transaction, or none."""
+        return import_prompts(self.Session, path, **options)
+
+    def export_ratings(self, out: Path, fmt: str = "jsonl", shape: str = "unpaired") -> Path:
+        """`feedback.io.export_ratings` from this store."""
+        return export_ratings(self.Session, out, fmt, shape)
 
     # ---- rewards ------------------------------------------------------------------------------------------
     def preview(self, mode: str = "blend", weight: float = 0.5, limit: int | None = None) -> list[PreviewRow]:

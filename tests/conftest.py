@@ -38,9 +38,25 @@ def dialogsum_jsonl():
     return path
 
 
+@pytest.fixture(scope="session")
+def chitchat_jsonl(tmp_path_factory):
+    """Real prompts every checkout has: the embedded chitchat dialogues (requirements.txt installs them), written
+    as a JSONL file with a dialogue column, as a user's file would be. Tests that need DialogSum's reference
+    summaries, or the labelled tweets, use ../shared instead."""
+    import json
+
+    from rlhf.config import offline_preset
+    from rlhf.prompts import load_prompts
+
+    path = tmp_path_factory.mktemp("prompts") / "chitchat.jsonl"
+    rows = [{"id": p.id, "dialogue": p.dialogue} for p in load_prompts(offline_preset().data)[:200]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 @pytest.fixture
-def tiny_studio_options(tmp_path, tiny_llama, tiny_classifier, dialogsum_jsonl):
-    """App options on the tiny models and DialogSum prompts, with a fresh SQLite store in tmp_path."""
+def tiny_studio_options(tmp_path, tiny_llama, tiny_classifier, chitchat_jsonl):
+    """App options on the tiny models and the embedded chitchat prompts, with a fresh SQLite store in tmp_path."""
     from feedback.studio import StudioOptions
 
     def make(**overrides):
@@ -50,7 +66,7 @@ def tiny_studio_options(tmp_path, tiny_llama, tiny_classifier, dialogsum_jsonl):
             policy=str(tiny_llama),
             lora_targets=["q_proj", "v_proj"],
             reward=str(tiny_classifier),
-            prompts=str(dialogsum_jsonl),
+            prompts=str(chitchat_jsonl),
             heldout=4,
             pool_size=8,
             max_new_tokens=5,
