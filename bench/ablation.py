@@ -4,7 +4,7 @@ the same held-out prompts against one shared set of reference answers.
     .venv/bin/python -m bench.ablation --out runs/ablation.md --seeds 0,1,2 \
         --row "default:" --row "lr 3e-4: --ppo.learning_rate 3e-4" --row "4 epochs: --ppo.ppo_epochs 4"
 
-Each row is `NAME: OPTIONS` (any `rlhf train` option). Rows train with their options and are always evaluated
+Each row is `NAME: OPTIONS` (any `rlhf train` option; `{seed}` in OPTIONS becomes the seed). Rows train with their options and are always evaluated
 with the preset's generation settings, so a row that changes the response length is judged like the others.
 
 It runs in three stages, which `--stage all` (the default) runs one after another in this process:
@@ -114,15 +114,20 @@ class Ablation:
         from rlhf.train import train
 
         ref = self._reference_file()
-        for name, options in _rows(self.args.row):
+        for name, row_options in _rows(self.args.row):
             for seed in self.args.seed_list:
-                cfg = _config(self.args.preset, [*self.common, *shlex.split(options), "--seed", str(seed)])
+                options = row_options.replace("{seed}", str(seed))
+                if self.args.missing_only and _row_file(self.answers, name, seed).is_file():
+                    continue
+                # the row's own --steps (0 for an adapter trained elsewhere) wins over the ablation's
+                steps = ["--steps", str(self.args.steps)]
+                cfg = _config(self.args.preset, [*self.common, *steps, *shlex.split(options), "--seed", str(seed)])
                 torch.manual_seed(cfg.seed)
                 run, prompts, queries = self.load(cfg)
                 if [p.id for p in prompts] != ref["prompt_ids"]:
                     raise SystemExit(f"row {name!r} holds out other prompts than reference.json: keep --data alike")
                 t0 = time.perf_counter()
-                history = train(run, steps=self.args.steps, progress=False)
+                history = train(run, progress=False)
                 train_s = time.perf_counter() - t0
                 reference = [torch.tensor(r, dtype=torch.long, device=run.policy.device) for r in ref["reference_ids"]]
                 # judged like every row: the preset's generation settings and evaluation seed
@@ -161,7 +166,7 @@ class Ablation:
             row = json.loads(f.read_text())
             answers = Answers.from_dict(row.pop("answers"))
             ev = judge_answers(answers, prompts, scorer, use_logit, judge)
-            rewards = [h["env/reward_mean"] for h in row["history"]]
+            rewards = [h["env/reward_mean"] for h in row["history"]] or [float("nan")]
             r = row | {
                 "changes": ev.changes,
                 "kl": ev.kl_to_reference,
@@ -173,13 +178,37 @@ class Ablation:
                 "reward_first5": sum(rewards[:5]) / len(rewards[:5]),
                 "reward_last5": sum(rewards[-5:]) / len(rewards[-5:]),
                 "evaluation": {"reference": asdict(ev.reference), "policy": asdict(ev.policy)},
+                "per_prompt": ev.per_prompt,
             }
             results.append(r)
             lines.append(_row_text(r))
+        if self.args.compare:
+            lines += self._compare(results, *self.args.compare.split(","))
         self.args.out.parent.mkdir(parents=True, exist_ok=True)
         self.args.out.write_text("\n".join(lines) + "\n")
         self.args.out.with_suffix(".json").write_text(json.dumps({"noise_floor": floor, "rows": results}, indent=1))
         print("\n".join(lines), flush=True)
+
+    @staticmethod
+    def _compare(results: list[dict], a: str, b: str) -> list[str]:
+        """Row a against row b, seed by seed: the paired difference of their per-prompt toxicity (a minus b, in
+        points of P(offensive)), with a bootstrap CI over prompts; both answered the same prompts."""
+        from rlhf.evaluate import change, difference
+
+        by = {(r["row"], r["seed"]): r for r in results}
+        lines = ["", f"{a} minus {b}, toxicity per prompt (negative: {a} is the less toxic), 95% paired CI:", ""]
+        lines += ["| seed | reward classifier (points) | second judge (points) |", "|---|---|---|"]
+        for (row, seed), ra in by.items():
+            rb = by.get((b, seed))
+            if row != a or rb is None:
+                continue
+            cells = []
+            for key in ("toxicity", "judge_toxicity"):
+                xa, xb = ra["per_prompt"]["policy"].get(key), rb["per_prompt"]["policy"].get(key)
+                v = None if xa is None or xb is None else change(xb, xa, difference)
+                cells.append("" if v is None else "{:+.2f} [{:+.2f}, {:+.2f}]".format(*(100 * x for x in v)))
+            lines.append(f"| {seed} | {cells[0]} | {cells[1]} |")
+        return lines
 
     def _head(self, floor: dict, judged: bool, n: int, k: int, missing: list[str]) -> list[str]:
         def fmt(key: str) -> str:
@@ -216,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-answers", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("runs/ablation.md"))
     p.add_argument("--answers", type=Path, default=None, help="folder of sampled answers (default: next to --out)")
+    p.add_argument("--missing-only", action="store_true", help="sample only the rows and seeds not sampled yet")
+    p.add_argument("--compare", default=None, metavar="ROW_A,ROW_B", help="paired toxicity difference, A minus B")
     args = p.parse_args(argv)
     args.seed_list = [int(s) for s in args.seeds.split(",")]
     _rows(args.row)  # malformed rows fail before anything loads

@@ -101,6 +101,9 @@ def load(model: str, data: str, ref: str, seed: int = 0) -> dict:
         max_grad_norm=ppo["max_grad_norm"],
         whiten_rewards=ppo["whiten_rewards"],
         ratio_threshold=ppo["ratio_threshold"],
+        use_score_scaling=ppo.get("use_score_scaling", False),
+        use_score_norm=ppo.get("use_score_norm", False),
+        score_clip=ppo.get("score_clip"),
         seed=seed,
     )
     trainer = PPOTrainer(config, model_vh, ref_model, tok)
@@ -122,8 +125,11 @@ def step() -> dict:
     }
 
 
-def round_(steps: int) -> dict:
-    """trl 0.11.4's own loop: `generate` then score then `step`, on our round's prompts and lengths."""
+def round_(steps: int, save_adapter: str | None = None) -> dict:
+    """trl 0.11.4's own loop: `generate` then score then `step`, on our round's prompts and lengths.
+
+    `save_adapter`: a folder to save the trained LoRA adapter to (peft's format), so our evaluation can judge it.
+    """
     import torch
 
     from rlhf import offline
@@ -158,9 +164,12 @@ def round_(steps: int) -> dict:
         times["score_s"] += t2 - t1
         times["update_s"] += t3 - t2
         rewards.append(statistics.mean(float(s) for s in scores))
+    train_s = time.perf_counter() - t_round
+    if save_adapter:
+        trainer.model.pretrained_model.save_pretrained(save_adapter)
     return {
         "steps": steps,
-        "train_s": time.perf_counter() - t_round,
+        "train_s": train_s,
         **times,
         "train_reward_first": rewards[0],
         "train_reward_last": rewards[-1],

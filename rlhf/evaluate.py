@@ -55,6 +55,8 @@ class Evaluation:
     changes: dict[str, list[float]] = field(default_factory=dict)
     noise_floor: dict[str, list[float]] | None = None  # the same, reference against itself with other seeds
     samples: list[dict] = field(default_factory=list)
+    # side -> figure -> per-prompt means over the k answers, for paired comparisons of two evaluations
+    per_prompt: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -401,7 +403,15 @@ def judge_answers(
         changes=changes,
         noise_floor=floor,
         samples=samples,
+        per_prompt={"reference": _per_prompt_figures(ref, k), "policy": _per_prompt_figures(pol, k)},
     )
+
+
+def _per_prompt_figures(side: _Scored, k: int) -> dict[str, list[float]]:
+    out = {"reward": per_prompt(side.rewards, k), "toxicity": per_prompt(side.toxicity, k)}
+    if side.judged is not None:
+        out["judge_toxicity"] = per_prompt(side.judged, k)
+    return out
 
 
 def noise_floor(

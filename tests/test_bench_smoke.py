@@ -119,3 +119,15 @@ def test_ablation_rows_share_one_reference_and_write_a_table(tmp_path, tiny_llam
     rescored = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [(r["row"], r["seed"]) for r in rescored] == [("default", 0), ("default", 1)]
     assert rescored[0]["changes"] == rows[0]["changes"]  # scoring the same answers again gives the same figures
+    sampled = {f.name: f.stat().st_mtime_ns for f in out.with_name("ablation-answers").glob("*-s*.json")}
+    assert ablation([*again, "--stage", "sample", "--missing-only"]) == 0  # nothing missing: nothing resampled
+    assert {f.name: f.stat().st_mtime_ns for f in out.with_name("ablation-answers").glob("*-s*.json")} == sampled
+
+    pair = [*argv, "--row", "default:", "--row", "lr 1e-2: --ppo.learning_rate 1e-2", "--compare", "default,lr 1e-2"]
+    assert ablation([*pair, "--stage", "score"]) == 0
+    table = out.read_text()
+    assert "default minus lr 1e-2, toxicity per prompt" in table
+    (seed_line,) = [line for line in table.splitlines() if line.startswith("| 0 | ")]
+    scored = {r["row"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    a, b = (scored[name]["per_prompt"]["policy"]["toxicity"] for name in ("default", "lr 1e-2"))
+    assert f"{100 * (sum(a) - sum(b)) / len(a):+.2f} [" in seed_line
