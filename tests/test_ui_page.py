@@ -92,3 +92,30 @@ def test_a_download_link_is_markdown_with_the_label_and_name_as_text():
         "[Download &#91;x&#93;: ratings&#45;unpaired&#46;jsonl](exports/tok_123) "
         "(the link works for 15 minutes, for you only)"
     )
+
+
+def test_the_timer_updates_the_status_and_fetches_no_item_for_a_tab_without_annotator():
+    from ui.common import UserState
+    from ui.page import tick
+
+    swept = []
+    studio = SimpleNamespace(
+        error=None,
+        status="loading the reward model",
+        ready=SimpleNamespace(is_set=lambda: False),
+        downloads=SimpleNamespace(sweep=lambda: swept.append(1)),
+    )
+    with gr.Blocks():
+        status = gr.Markdown()
+    out = tick(
+        UserState(),
+        False,
+        "ann",
+        "Binary (toxic / not toxic)",
+        None,
+        studio=studio,
+        auth=False,
+        tab=None,
+        status=status,
+    )
+    assert out == {status: "Loading: loading the reward model"} and swept == [1]

@@ -122,3 +122,27 @@ def test_rollback_needs_an_admin_and_then_both_dropdowns_follow():
         "value": "1: v0 (base) (current)",
     }
     assert out[tab.round_status].startswith("No round yet") and out[tab.reward_plot] is None
+
+
+def test_the_round_timer_redraws_only_when_a_round_moved_on():
+    studio = _studio()
+    with gr.Blocks():
+        tab = training.build_training_tab(studio, gr.State(UserState()))
+        seen = gr.State(None)
+    first = training.round_tick(None, studio=studio, tab=tab, seen_state=seen)
+    assert set(first) == {seen, *tab.round_outputs} and first[seen] == (0, None)  # no rounds, no phase
+    assert training.round_tick(first[seen], studio=studio, tab=tab, seen_state=seen) == gr.skip()
+    studio.svc.rounds = lambda: [SimpleNamespace(id=1, status="running", metrics=[{}], **_ROUND_REST)]
+    moved = training.round_tick(first[seen], studio=studio, tab=tab, seen_state=seen)
+    assert moved[seen] == ((1, "running", 1), 1, None) and moved[tab.round_status].startswith("Round 1: **running**")
+
+
+_ROUND_REST = dict(
+    reward_mode="model",
+    reward_weight=0.0,
+    config={"settings": {"steps": 4}},
+    error=None,
+    evaluation=None,
+    input_version_id=1,
+    output_version_id=None,
+)
