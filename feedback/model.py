@@ -1,21 +1,21 @@
-"""The bridge to the learning side: fill the pool with the current policy's responses, and drive PPO steps
-with stored, rated generations.
+"""The app's models and the bridge to the learning side: fill the pool with the current policy's responses, and
+drive PPO steps with stored, rated generations.
 
-Both use the policy, so both take the same lock: generation and training share one queue of heavy work.
+Everything that uses the policy takes `StudioModel.lock`: generation, evaluation and training share one queue of
+heavy work. (The name is not "engine": that word is SQLAlchemy's, for the database connection.)
 """
 
 from __future__ import annotations
 
-import random
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
-from feedback.types import NewGeneration, PPOSample, PromptRef
+from feedback.types import NewGeneration, PPOSample, PromptRef, VersionInfo
 
 
-class EngineGenerator:
+class PolicyGenerator:
     """Produces pool items with a loaded policy and scores them with the reward classifier.
 
     Args:
@@ -69,29 +69,27 @@ class EngineGenerator:
 
 
 def sample_batches(samples: Sequence[PPOSample], batch_size: int, seed: int = 0) -> Iterator[list[PPOSample]]:
-    """Endless shuffled batches of `batch_size` samples; each pass over the samples is a new shuffle."""
+    """Endless shuffled batches of `batch_size` samples, the batch plan of `python -m rlhf train`
+    (`rlhf.train.batches`): each pass over the samples is a new shuffle and drops the remainder."""
+    from rlhf.train import batches
+
     if len(samples) < batch_size:
         raise ValueError(
             f"{len(samples)} usable samples are fewer than the PPO batch size {batch_size}; rate more items, "
             "switch the reward mode to model or blend, or lower the batch size"
         )
-    rng = random.Random(seed)
-    order = list(range(len(samples)))
-    while True:
-        rng.shuffle(order)
-        for k in range(0, len(order) - batch_size + 1, batch_size):
-            yield [samples[i] for i in order[k : k + batch_size]]
+    for batch, _ in batches(samples, [s.query_ids for s in samples], batch_size, seed):
+        yield batch
 
 
-def step_on_samples(trainer, batch: Sequence[PPOSample], lock: threading.Lock | None = None) -> dict:
+def step_on_samples(trainer, batch: Sequence[PPOSample]) -> dict:
     """One `PPOTrainer.step` on stored samples, with the log-probs recorded when they were generated."""
     import torch
 
     queries = [torch.tensor(s.query_ids, dtype=torch.long) for s in batch]
     responses = [torch.tensor(s.response_ids, dtype=torch.long) for s in batch]
     old = [torch.tensor(s.logprobs, dtype=torch.float32) for s in batch]
-    with lock or nullcontext():
-        return trainer.step(queries, responses, [s.reward for s in batch], old_logprobs=old)
+    return trainer.step(queries, responses, [s.reward for s in batch], old_logprobs=old)
 
 
 @dataclass(frozen=True)
@@ -103,10 +101,10 @@ class Answer:
     p_not_offensive: float
 
 
-REFERENCE_CACHE_SIZE = 4  # prompt sets whose reference samples Engine.evaluate keeps
+REFERENCE_CACHE_SIZE = 4  # prompt sets whose reference samples StudioModel.evaluate keeps
 
 
-class Engine:
+class StudioModel:
     """The loaded policy and reward classifier of the app, and the policy version the policy holds now.
 
     Versions share one network: switching loads a version's LoRA and value-head weights into it (the base
@@ -129,13 +127,14 @@ class Engine:
         self.lock = threading.RLock()
         self._base_adapter = {k: v.detach().clone() for k, v in get_peft_model_state_dict(policy.model).items()}
         self._base_value_head = {k: v.detach().clone() for k, v in policy.value_head.state_dict().items()}
-        self.generator = EngineGenerator(policy, scorer, cfg, version_id, self.lock)
+        self.generator = PolicyGenerator(policy, scorer, cfg, version_id, self.lock)
+        self._held_adapter: str | None = None  # the adapter folder of the version the policy holds (None: base)
         self._reference_samples: dict[tuple, list] = {}  # see evaluate
         self._judge = None  # the second toxicity judge, loaded at the first evaluation (see judge)
         self._judge_loaded = False
 
     @classmethod
-    def load(cls, cfg, version_id: int, log=print) -> Engine:
+    def load(cls, cfg, version_id: int, log=print) -> StudioModel:
         from rlhf.models import load_policy
         from rlhf.scorers import load_scorer
 
@@ -144,10 +143,6 @@ class Engine:
         log(f"loading reward model {cfg.reward.name_or_path} ...")
         scorer = load_scorer(cfg.reward, cfg.device)
         return cls(cfg, policy, scorer, version_id)
-
-    @property
-    def version_id(self) -> int:
-        return self.generator.version_id
 
     def use_version(self, version_id: int, adapter_path: str | None) -> None:
         """Load a version's weights into the policy (None: the base version)."""
@@ -176,7 +171,25 @@ class Engine:
                     f"the adapter of version {version_id} does not fit this policy (missing {missing_lora[:3]})"
                 )
             self.policy.value_head.load_state_dict(head)
-            self.generator.version_id = version_id
+            self.holds(version_id, adapter_path)
+
+    def holds(self, version_id: int, adapter_path: str | None) -> None:
+        """Record which version the policy's weights are now: `use_version` does, and so does a round, which
+        trains the weights in place and saves them as a new version."""
+        self.generator.version_id = version_id
+        self._held_adapter = adapter_path
+
+    @contextmanager
+    def using(self, version: VersionInfo) -> Iterator[StudioModel]:
+        """The policy with `version`'s weights for the block, holding the lock; afterwards, also when the block
+        raises, the version it held before is loaded back (Compare and Evaluate look at any version)."""
+        with self.lock:
+            before = self.generator.version_id, self._held_adapter
+            self.use_version(version.id, version.adapter_path)
+            try:
+                yield self
+            finally:
+                self.use_version(*before)
 
     def encode(self, text: str):
         from rlhf.prompts import encode_prompt

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import threading
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from db.models import utcnow
-from feedback.engine import Engine, sample_batches, step_on_samples
+from feedback.model import StudioModel, sample_batches, step_on_samples
 from feedback.service import FeedbackService
 from feedback.types import PPOSample, PromptRef, RoundInfo
 
@@ -56,18 +57,40 @@ class RoundSettings:
             raise ValueError("the KL coefficient must be zero or positive")
 
 
+def fit_mini_batch(batch_size: int, preferred: int) -> int:
+    """The mini-batch size for a round of `batch_size`: `preferred` (the run config's) when it divides the batch,
+    else the largest size that divides both; `mini_batch_note` says why, on the page and in the log.
+
+    >>> fit_mini_batch(16, 4), fit_mini_batch(6, 4)
+    (4, 2)
+    """
+    return math.gcd(batch_size, preferred) or 1
+
+
+def mini_batch_note(batch_size: int, mini_batch_size: int, preferred: int) -> str | None:
+    """Why a round trains with another mini-batch size than the run config's (None when it does not).
+
+    >>> mini_batch_note(6, 2, 4)
+    "mini-batch size 2 instead of the run config's 4: the batch size 6 is not a multiple of 4"
+    """
+    if mini_batch_size == preferred:
+        return None
+    why = f": the batch size {batch_size} is not a multiple of {preferred}" if batch_size % preferred else ""
+    return f"mini-batch size {mini_batch_size} instead of the run config's {preferred}{why}"
+
+
 class RoundRunner:
     """Runs one PPO round at a time in a background thread.
 
     Args:
         svc: the feedback service (store of rounds, versions and samples).
-        engine: the loaded models.
+        model: the loaded models.
         versions_dir: where each new version's adapter folder is written.
     """
 
-    def __init__(self, svc: FeedbackService, engine: Engine, versions_dir: Path):
+    def __init__(self, svc: FeedbackService, model: StudioModel, versions_dir: Path):
         self.svc = svc
-        self.engine = engine
+        self.model = model
         self.versions_dir = Path(versions_dir)
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
@@ -101,15 +124,20 @@ class RoundRunner:
                         f"{settings.batch_size}: rate more items, lower the batch size, or use model or blend mode"
                     )
             ppo = dataclasses.replace(
-                self.engine.cfg.ppo,
+                self.model.cfg.ppo,
                 batch_size=settings.batch_size,
                 mini_batch_size=settings.mini_batch_size,
                 learning_rate=settings.learning_rate,
                 init_kl_coef=settings.init_kl_coef,
             )
             config = {"settings": dataclasses.asdict(settings), "ppo": dataclasses.asdict(ppo)}
+            note = mini_batch_note(settings.batch_size, settings.mini_batch_size, self.model.cfg.ppo.mini_batch_size)
+            if note:
+                config["note"] = note  # kept with the round, so its history says why
             info = self.svc.create_round(config, settings.mode, settings.weight)
             self.round_id = info.id
+            if note:
+                log.warning("round %s: %s", info.id, note)
             self._cancel.clear()
             self._active.set()
             self._thread = threading.Thread(
@@ -142,7 +170,7 @@ class RoundRunner:
     def _run(self, info: RoundInfo, settings: RoundSettings, ppo) -> None:
         from rlhf.ppo import PPOTrainer
 
-        svc, engine = self.svc, self.engine
+        svc, model = self.svc, self.model
         input_version = svc.version(info.input_version_id)
         metrics: list[dict] = []
         staging = None
@@ -150,13 +178,13 @@ class RoundRunner:
             svc.update_round(info.id, status="running", started=utcnow())
             heldout = [PromptRef(p.id, p.text, p.summary) for p in svc.heldout_prompts(settings.eval_prompts)]
             n = settings.steps
-            with engine.lock:
-                engine.use_version(input_version.id, input_version.adapter_path)
+            with model.lock:
+                model.use_version(input_version.id, input_version.adapter_path)
                 self._enter("evaluating the input version", 0, n, None)
                 t0 = time.monotonic()
-                before = engine.evaluate(heldout) if heldout else None
+                before = model.evaluate(heldout) if heldout else None
                 eval_s = time.monotonic() - t0
-                trainer = PPOTrainer(engine.policy, ppo, engine.cfg.generation.temperature, seed=info.id)
+                trainer = PPOTrainer(model.policy, ppo, model.cfg.generation.temperature, seed=info.id)
                 batches = self._batches(settings, ppo.batch_size, info.id)
                 t0 = time.monotonic()
                 for step in range(n):
@@ -172,7 +200,7 @@ class RoundRunner:
                 if self._cancel.is_set():
                     raise _Cancelled
                 self._enter("evaluating the new version", n, n, eval_s)
-                after = engine.evaluate(heldout) if heldout else None
+                after = model.evaluate(heldout) if heldout else None
                 self._enter("saving the new version", n, n, None)
                 evaluation = _summary(before, after)
                 number = len(svc.versions())
@@ -180,11 +208,11 @@ class RoundRunner:
                 final = self.versions_dir / f"v{number}-round{info.id}"
                 if staging.exists():
                     shutil.rmtree(staging)
-                engine.policy.save(staging)
+                model.policy.save(staging)
                 os.replace(staging, final)
                 staging = None
                 version = svc.finish_round(info.id, str(final / "adapter"), f"v{number}", metrics, evaluation)
-                engine.generator.version_id = version.id
+                model.holds(version.id, version.adapter_path)  # the trained weights are the new version
         except _Cancelled:
             self._restore(input_version)
             svc.update_round(info.id, status="interrupted", error="cancelled by the user", finished=utcnow())
@@ -205,7 +233,7 @@ class RoundRunner:
 
     def _restore(self, version) -> None:
         try:
-            self.engine.use_version(version.id, version.adapter_path)
+            self.model.use_version(version.id, version.adapter_path)
         except Exception:  # noqa: BLE001 - the store still names the right version; loading is retried on restart
             log.exception("could not reload version %s after a failed round", version.id)
 
@@ -213,11 +241,13 @@ class RoundRunner:
         if settings.mode != "model":
             yield from sample_batches(self.svc.ppo_samples(settings.mode, settings.weight), batch_size, seed)
             return
-        # model mode: fresh samples from the policy being trained, scored by the classifier
+        # model mode: fresh samples from the policy being trained, scored by the classifier. Unlike `rlhf train`
+        # (`rlhf.train.batches`, passes over one encoded prompt list) each step draws a new seeded sample from the
+        # store: it may hold far more prompts than a round uses, and only the drawn ones are encoded.
         while True:
             prompts = self.svc.training_prompts(2 * batch_size, seed)  # spares for prompts too long to encode
             seed += 1
-            gens = self.engine.generator.generate(prompts)[:batch_size]
+            gens = self.model.generator.generate(prompts)[:batch_size]
             if len(gens) < batch_size:
                 raise ValueError(
                     f"only {len(gens)} training prompts fit the policy's max_query_tokens, fewer than the batch size "

@@ -88,7 +88,7 @@ class Studio:
         if interrupted:
             self.log(f"{interrupted} training round(s) were cut off when the app last stopped; marked interrupted")
         self.svc.ensure_base_version()
-        self.engine = None
+        self.model = None  # the loaded `StudioModel`, once start-up has got that far
         self.runner: RoundRunner | None = None
         self.status = "starting"
         self.error: str | None = None
@@ -108,22 +108,19 @@ class Studio:
         else:
             self._start()
 
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        return self.ready.wait(timeout)
-
     def _start(self) -> None:
-        from feedback.engine import Engine
+        from feedback.model import StudioModel
 
         try:
             self._import_default_prompts()
             current = self.svc.current_version()
-            engine = Engine.load(self.cfg, self.svc.versions()[0].id, log=self.log)
+            model = StudioModel.load(self.cfg, self.svc.versions()[0].id, log=self.log)
             if current.adapter_path is not None:
                 self.log(f"loading policy version {current.name} ...")
-                engine.use_version(current.id, current.adapter_path)
-            self.engine = engine
-            self.svc.generator = engine.generator
-            self.runner = RoundRunner(self.svc, engine, self.data_dir / "versions")
+                model.use_version(current.id, current.adapter_path)
+            self.model = model
+            self.svc.generator = model.generator
+            self.runner = RoundRunner(self.svc, model, self.data_dir / "versions")
             if self.svc.unrated_count() < self.svc.low_water:
                 self.log(f"generating a first pool of {self.options.pool_size} items ...")
                 self.svc.refill_if_low()
@@ -153,46 +150,34 @@ class Studio:
         self.log(f"imported {len(train)} training and {len(held)} held-out prompts")
 
     # ---- what the pages call ---------------------------------------------------------------------------------
-    def require_engine(self):
-        if self.engine is None:
+    def require_model(self):
+        if self.model is None:
             raise ValueError(self.error or f"the models are still loading ({self.status}); try again in a moment")
-        return self.engine
+        return self.model
 
     def _require_idle(self, what: str) -> None:
         if self.runner is not None and self.runner.running:
             raise ValueError(f"a training round is running; {what} when it has finished (or cancel it)")
 
     def compare(self, version_id: int, text: str, seed: int = 0):
-        """Reference and `version_id` answers to one prompt, with their rewards (`Engine.answer`)."""
-        engine = self.require_engine()
+        """Reference and `version_id` answers to one prompt, with their rewards (`StudioModel.answer`)."""
+        model = self.require_model()
         if not text or not text.strip():
             raise ValueError("type a prompt or pick a held-out one")
         self._require_idle("compare")
-        with engine.lock:
-            target = self.svc.version(version_id)
-            current = self.svc.current_version()
-            engine.use_version(target.id, target.adapter_path)
-            try:
-                return engine.answer(text.strip(), seed)
-            finally:
-                engine.use_version(current.id, current.adapter_path)
+        with model.using(self.svc.version(version_id)):
+            return model.answer(text.strip(), seed)
 
     def evaluate(self, version_id: int, n: int):
         """`rlhf.evaluate` of `version_id` against the reference on the first `n` held-out prompts."""
-        engine = self.require_engine()
+        model = self.require_model()
         self._require_idle("evaluate")
         prompts = self.svc.heldout_prompts(int(n))
-        with engine.lock:
-            target = self.svc.version(version_id)
-            current = self.svc.current_version()
-            engine.use_version(target.id, target.adapter_path)
-            try:
-                return engine.evaluate(prompts)
-            finally:
-                engine.use_version(current.id, current.adapter_path)
+        with model.using(self.svc.version(version_id)):
+            return model.evaluate(prompts)
 
     def start_round(self, settings: RoundSettings) -> RoundInfo:
-        self.require_engine()
+        self.require_model()
         return self.runner.start(settings)
 
     def cancel_round(self) -> bool:
@@ -200,11 +185,11 @@ class Studio:
 
     def rollback(self, version_id: int) -> VersionInfo:
         """Make an earlier (or any) version current; new items then come from it."""
-        engine = self.require_engine()
+        model = self.require_model()
         self._require_idle("roll back")
-        with engine.lock:
+        with model.lock:
             target = self.svc.version(version_id)
-            engine.use_version(target.id, target.adapter_path)
+            model.use_version(target.id, target.adapter_path)
             version = self.svc.set_current(target.id)
         self.svc.refill_in_background()
         return version

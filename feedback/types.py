@@ -78,7 +78,7 @@ class Progress:
 
 @dataclass(frozen=True)
 class NewGeneration:
-    """A response produced by the engine, with what an on-policy PPO update needs later."""
+    """A response of the policy (`feedback.model.PolicyGenerator`), with what an on-policy PPO update needs later."""
 
     prompt_id: int
     query_text: str

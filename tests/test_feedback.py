@@ -574,14 +574,14 @@ def test_migrations_run_on_an_engine_made_without_our_helper(tmp_path):
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
 
 
-# ---- the bridge to the engine ------------------------------------------------------------------------------------
+# ---- the bridge to the model -------------------------------------------------------------------------------------
 def test_pool_refills_from_the_policy_and_rated_items_drive_a_ppo_step(store, tiny_llama, tiny_classifier):
-    """Refill asks the engine for generations of the current version; rated ones make an on-policy PPO batch whose
+    """Refill asks the policy for generations of the current version; rated ones make an on-policy PPO batch whose
     recorded log-probs are the policy's own, and a step on it changes the LoRA weights."""
     import torch
 
-    from feedback.engine import EngineGenerator, sample_batches, step_on_samples
     from feedback.io import add_prompt_texts
+    from feedback.model import PolicyGenerator, sample_batches, step_on_samples
     from rlhf.config import GenerationConfig, LoRAConfig, PolicyConfig, PPOConfig, RewardConfig, RunConfig
     from rlhf.models import load_policy
     from rlhf.ppo import PPOTrainer, response_logprobs
@@ -600,7 +600,7 @@ def test_pool_refills_from_the_policy_and_rated_items_drive_a_ppo_step(store, ti
     policy = load_policy(cfg.policy, device="cpu")
     version = FeedbackService(Session).ensure_base_version()
     svc = FeedbackService(
-        Session, EngineGenerator(policy, load_scorer(cfg.reward, "cpu"), cfg, version.id), low_water=4, refill_size=6
+        Session, PolicyGenerator(policy, load_scorer(cfg.reward, "cpu"), cfg, version.id), low_water=4, refill_size=6
     )
     add_prompt_texts(
         Session, [(f"#Person1#: hello {i}.\n#Person2#: I am good.", None) for i in range(20)], "t", "train"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import doctest
+
 import pytest
 import torch
 from sqlalchemy import func, select
 
+import feedback.rounds
 from db.models import Rating
 from feedback.rounds import RoundSettings
 from feedback.studio import Studio
@@ -25,7 +28,7 @@ def studio(tiny_studio_options):
 
 
 def _lora(studio) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in studio.engine.policy.named_parameters() if "lora_" in n}
+    return {n: p.detach().clone() for n, p in studio.model.policy.named_parameters() if "lora_" in n}
 
 
 def _rate_some(studio, n: int) -> None:
@@ -49,6 +52,7 @@ def test_a_round_makes_a_new_current_version_and_new_items_come_from_it(studio):
     (done,) = studio.svc.rounds()
     assert done.id == info.id and done.status == "done", done.error
     assert len(done.metrics) == 2 and done.evaluation["n_prompts"] == 4
+    assert done.config["note"] == "mini-batch size 2 instead of the run config's 4"  # said, not silent
     assert 0.0 <= done.evaluation["after_toxicity"] <= 1.0
     if DAVIDSON_CSV.is_file():  # the second judge needs the labelled tweets beside the checkout
         assert 0.0 <= done.evaluation["after_judge_toxicity"] <= 1.0 and done.evaluation["judge"]["cv_auroc"] > 0.9
@@ -59,8 +63,15 @@ def test_a_round_makes_a_new_current_version_and_new_items_come_from_it(studio):
     ann = studio.svc.annotator("after")
     assert studio.svc.next_item(ann.id).policy_version_id == current.id
 
-    # roll back to the base version: its weights come back and it is current again
+    # Compare with the base version swaps its weights in for the answer and the trained ones back afterwards
+    trained = _lora(studio)
     base = studio.svc.versions()[0]
+    ref, pol = studio.compare(base.id, "#Person1#: hello.\n#Person2#: hi!")
+    assert ref == pol  # the base version is the reference
+    assert all(torch.equal(p, trained[n]) for n, p in _lora(studio).items())
+    assert studio.model.generator.version_id == current.id  # the pool still refills from the current version
+
+    # roll back to the base version: its weights come back and it is current again
     studio.rollback(base.id)
     assert studio.svc.current_version().id == base.id
     assert all(torch.equal(p, before[n]) for n, p in _lora(studio).items())
@@ -73,7 +84,7 @@ def test_a_failed_round_leaves_the_previous_version_and_every_rating(studio, mon
 
     def broken_step(*args, **kwargs):
         # train a little first, so the restore has something to undo
-        for p in studio.engine.policy.parameters():
+        for p in studio.model.policy.parameters():
             if p.requires_grad:
                 p.data.add_(0.5)
         raise RuntimeError("out of memory (simulated)")
@@ -128,7 +139,7 @@ def test_a_missing_model_is_reported_and_the_store_stays_usable(tmp_path, tiny_s
     assert not s.ready.is_set()
     assert "does not exist" in s.error and "--policy" in s.error
     with pytest.raises(ValueError, match="does not exist"):
-        s.require_engine()
+        s.require_model()
     assert s.svc.annotator("still-works").name == "still-works"
     s.db_engine.dispose()
 
@@ -170,18 +181,18 @@ def test_the_app_trains_shows_and_evaluates_the_reward_the_cli_optimises(studio)
     # model-mode rounds: the rewards of a fresh batch
     settings = RoundSettings(mode="model", steps=1, batch_size=4, mini_batch_size=2)
     batch = next(studio.runner._batches(settings, 4, seed=0))
-    tok = studio.engine.policy.tokenizer
+    tok = studio.model.policy.tokenizer
     texts = [t.strip() for t in tok.batch_decode([s.response_ids for s in batch], skip_special_tokens=True)]
     cli = _cli_rewards(studio, texts)
     assert [s.reward for s in batch] == pytest.approx(cli, abs=1e-5)
-    probabilities = studio.engine.scorer.score(texts)
+    probabilities = studio.model.scorer.score(texts)
     assert [s.reward for s in batch] != pytest.approx(probabilities, abs=1e-3)
 
     # stored items: the preview's model-mode reward and replayed model-mode samples
     _rate_some(studio, 4)
     rows = studio.svc.preview("model")
     assert rows and [r.model for r in rows] == pytest.approx(_cli_rewards(studio, [r.response for r in rows]), abs=1e-5)
-    assert [r.model_score for r in rows] == pytest.approx(studio.engine.scorer.score([r.response for r in rows]))
+    assert [r.model_score for r in rows] == pytest.approx(studio.model.scorer.score([r.response for r in rows]))
     replay = {s.generation_id: s.reward for s in studio.svc.ppo_samples("model")}
     assert [replay[r.generation_id] for r in rows] == pytest.approx([r.model for r in rows])
 
@@ -237,3 +248,9 @@ def test_a_round_reports_its_phases_with_an_estimate(studio, monkeypatch):
         ("saving the new version", 2, 2, False),
     ]
     assert studio.runner.phase is None  # nothing runs any more
+
+
+def test_rounds_doctests():
+    """`fit_mini_batch` and `mini_batch_note`: the size a round uses when the config's does not divide the batch,
+    and what it says about it."""
+    assert doctest.testmod(feedback.rounds).failed == 0
