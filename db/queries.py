@@ -112,7 +112,30 @@ def annotator_by_name(name: str, *, session: Session) -> Annotator | None:
     return session.scalar(select(Annotator).where(Annotator.name == name))
 
 
+def count_accounts(*, session: Session) -> int:
+    """Annotators with a password (logins are on when there is one)."""
+    return session.scalar(select(func.count(Annotator.id)).where(Annotator.password_hash.is_not(None))) or 0
+
+
 # ---- generations and the queue ----------------------------------------------------------------------------
+def add_generations(rows: Sequence[dict], *, session: Session) -> list[int]:
+    """Insert generations (dicts of `Generation` columns); returns their ids, in order."""
+    added = [Generation(**row) for row in rows]
+    session.add_all(added)
+    session.flush()
+    return [g.id for g in added]
+
+
+def generations_of(version_id: int, *, session: Session, newest_first: bool = False) -> list[Generation]:
+    """Every generation of `version_id`, by id."""
+    order = Generation.id.desc() if newest_first else Generation.id
+    return list(session.scalars(select(Generation).where(Generation.policy_version_id == version_id).order_by(order)))
+
+
+def count_generations(version_id: int, *, session: Session) -> int:
+    return session.scalar(select(func.count(Generation.id)).where(Generation.policy_version_id == version_id)) or 0
+
+
 def count_unrated(version_id: int, *, session: Session) -> int:
     """Generations of `version_id` that nobody has rated yet."""
     rated = exists().where(Rating.generation_id == Generation.id)
@@ -132,40 +155,22 @@ def count_open_for(annotator_id: int, version_id: int, *, session: Session) -> i
     return session.scalar(select(func.count(Generation.id)).where(*_open_for(annotator_id, version_id))) or 0
 
 
-def queue_candidates(
-    annotator_id: int, version_id: int, now: datetime, strategy: str, limit: int, *, session: Session
-) -> list[int]:
-    """Ids of generations `annotator_id` may be given next, best first, unleased ones before leased ones.
-
-    strategy: "fewest" (fewest ratings first), "uncertain" (classifier score nearest 0.5 first), or
-    "disagreement" (largest gap between the classifier and the mean human score first).
-    """
-    stats = (
-        select(
-            Rating.generation_id.label("gid"),
-            func.count(Rating.id).label("n"),
-            func.avg(Rating.score).label("human"),
-        )
+def queue_candidates(annotator_id: int, version_id: int, now: datetime, limit: int, *, session: Session) -> list[int]:
+    """Ids of generations `annotator_id` may be given next, best first: unleased ones before leased ones, then
+    those with the fewest ratings (ties by id)."""
+    n_ratings = (
+        select(Rating.generation_id.label("gid"), func.count(Rating.id).label("n"))
         .group_by(Rating.generation_id)
         .subquery()
     )
-    n_ratings = func.coalesce(stats.c.n, 0)
     leased_by_other = and_(
         Generation.leased_to.is_not(None), Generation.leased_to != annotator_id, Generation.lease_expires > now
     )
-    order = [case((leased_by_other, 1), else_=0)]
-    if strategy == "uncertain":
-        order.append(func.abs(func.coalesce(Generation.model_score, 0.5) - 0.5))
-    elif strategy == "disagreement":
-        order.append(-func.abs(func.coalesce(stats.c.human, Generation.model_score, 0.5) - Generation.model_score))
-    elif strategy != "fewest":
-        raise ValueError(f"unknown queue strategy {strategy!r}; use fewest, uncertain or disagreement")
-    order += [n_ratings, Generation.id]
     q = (
         select(Generation.id)
-        .outerjoin(stats, stats.c.gid == Generation.id)
+        .outerjoin(n_ratings, n_ratings.c.gid == Generation.id)
         .where(*_open_for(annotator_id, version_id))
-        .order_by(*order)
+        .order_by(case((leased_by_other, 1), else_=0), func.coalesce(n_ratings.c.n, 0), Generation.id)
         .limit(limit)
     )
     return list(session.scalars(q))
@@ -208,6 +213,13 @@ def force_lease(generation_id: int, annotator_id: int, now: datetime, ttl: timed
         .values(leased_to=annotator_id, lease_expires=now + ttl)
         .execution_options(synchronize_session=False)
     )
+
+
+def add_skip(annotator_id: int, generation_id: int, *, session: Session) -> None:
+    """Put an item aside for one annotator (again: nothing changes)."""
+    if session.get(Skip, (annotator_id, generation_id)) is None:
+        session.add(Skip(annotator_id=annotator_id, generation_id=generation_id))
+        session.flush()
 
 
 def release_lease(generation_id: int, annotator_id: int, *, session: Session) -> None:
@@ -287,6 +299,13 @@ def last_comparison(annotator_id: int, *, session: Session) -> Comparison | None
         .where(Comparison.annotator_id == annotator_id)
         .order_by(Comparison.created.desc(), Comparison.id.desc())
     )
+
+
+def count_judgements_of(annotator_id: int, *, session: Session) -> int:
+    """This annotator's ratings and comparisons, of every version."""
+    ratings = session.scalar(select(func.count(Rating.id)).where(Rating.annotator_id == annotator_id)) or 0
+    comparisons = session.scalar(select(func.count(Comparison.id)).where(Comparison.annotator_id == annotator_id))
+    return ratings + (comparisons or 0)
 
 
 def judgements_of(annotator_id: int, *, session: Session) -> list[dict]:

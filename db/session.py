@@ -9,11 +9,16 @@ PostgreSQL needs none of this; the same code runs on both.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000
@@ -77,6 +82,22 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def retry_on_conflict(session_factory: sessionmaker[Session], work: Callable[[Session], T], attempts: int = 3) -> T:
+    """`work(session)` in one transaction, run again (in a new one) when the commit breaks a unique constraint.
+
+    For get-or-create and idempotent inserts: a concurrent request may insert the same row between our read and
+    our insert; the next attempt then reads that row instead. After `attempts` conflicts the error propagates.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            with session_factory.begin() as session:
+                return work(session)
+        except IntegrityError:
+            if attempt == attempts:
+                raise
+    raise ValueError(f"attempts must be at least 1, got {attempts}")
+
+
 def alembic_config(engine: Engine, connection=None):
     from alembic.config import Config
 
@@ -94,17 +115,3 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     with engine.connect() as conn:
         command.upgrade(alembic_config(engine, conn), revision)
         conn.commit()
-
-
-def current_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
-
-
-def open_database(url: str | None = None, data_dir: Path | None = None) -> tuple[Engine, sessionmaker[Session]]:
-    """Engine + session factory for `url` (default: `database_url(data_dir)`), schema upgraded to head."""
-    engine = make_engine(url or database_url(data_dir))
-    upgrade(engine)
-    return engine, make_session_factory(engine)

@@ -152,18 +152,64 @@ def test_two_annotators_never_get_the_same_item_while_unrated_items_remain(store
     assert len({g for ids in held.values() for g in ids}) == 40
 
 
-def test_queue_orders_by_fewest_ratings_and_by_classifier_uncertainty(store):
+def test_queue_orders_by_fewest_ratings(store):
     _, Session = store
     svc = FeedbackService(Session)
-    ids = _fill(svc, 10)  # model scores 0.0, 0.1, ..., 0.9
+    ids = _fill(svc, 10)
     first, second = svc.annotator("first"), svc.annotator("second")
-    svc.submit(first.id, ids[0], "binary", 0)  # agrees with the classifier's 0.0
+    svc.submit(first.id, ids[0], "binary", 0)
     assert svc.next_item(second.id).generation_id == ids[1]  # ids[0] has a rating: the others come first
-    third = svc.annotator("third")
-    assert svc.next_item(third.id, strategy="uncertain").generation_id == ids[5]  # score 0.5
-    fourth = svc.annotator("fourth")
-    svc.submit(first.id, ids[9], "binary", 0)  # classifier 0.9, human 0.0: the largest disagreement
-    assert svc.next_item(fourth.id, strategy="disagreement").generation_id == ids[9]
+    svc.submit(second.id, ids[1], "binary", 1)
+    svc.submit(first.id, ids[2], "binary", 1)
+    assert svc.next_item(second.id).generation_id == ids[3]  # unrated ones first, by id
+
+
+def test_a_unique_conflict_is_retried_in_a_new_transaction_and_other_errors_are_not(store):
+    """`retry_on_conflict`: a get-or-create that loses the insert to another writer reads the winner's row."""
+    from sqlalchemy.exc import IntegrityError
+
+    from db.models import Annotator
+    from db.session import retry_on_conflict
+
+    _, Session = store
+    calls = []
+
+    def get_or_create(s):
+        calls.append(1)
+        if len(calls) == 1:  # our read found no row, and another writer inserts the name before our insert
+            with Session.begin() as other:
+                other.add(Annotator(name="racer", role="annotator"))
+            found = None
+        else:
+            found = s.scalar(select(Annotator).where(Annotator.name == "racer"))
+        if found is None:
+            found = Annotator(name="racer", role="admin")
+            s.add(found)
+            s.flush()
+        return found.role
+
+    assert retry_on_conflict(Session, get_or_create) == "annotator"  # the second try read the winner's row
+    assert len(calls) == 2
+    with Session.begin() as s:
+        assert s.scalars(select(Annotator.role).where(Annotator.name == "racer")).all() == ["annotator"]
+
+    def always_conflicts(s):
+        calls.append(1)
+        raise IntegrityError("INSERT", {}, Exception("unique"))
+
+    calls.clear()
+    with pytest.raises(IntegrityError):
+        retry_on_conflict(Session, always_conflicts, attempts=3)
+    assert len(calls) == 3
+
+    def wrong(s):
+        calls.append(1)
+        raise ValueError("not a conflict")
+
+    calls.clear()
+    with pytest.raises(ValueError, match="not a conflict"):
+        retry_on_conflict(Session, wrong)
+    assert len(calls) == 1
 
 
 def test_skip_puts_an_item_aside_for_that_annotator_only(store):
@@ -409,22 +455,22 @@ def test_a_wrong_text_column_is_one_message_naming_the_files_columns(store, tmp_
     assert "at at" not in str(err.value)
 
 
-def test_import_skips_and_counts_duplicates(store, tmp_path, dialogsum_jsonl):
+def test_import_skips_and_counts_duplicates(store, tmp_path, chitchat_jsonl):
     _, Session = store
-    first = import_prompts(Session, dialogsum_jsonl)
-    assert first.added == first.rows == 500 and first.duplicates == 0
-    again = import_prompts(Session, dialogsum_jsonl)
-    assert (again.added, again.duplicates) == (0, 500)
+    first = import_prompts(Session, chitchat_jsonl)
+    assert first.added == first.rows == 200 and first.duplicates == 0
+    again = import_prompts(Session, chitchat_jsonl)
+    assert (again.added, again.duplicates) == (0, 200)
     import pandas as pd
 
-    rows = [json.loads(line) for line in dialogsum_jsonl.read_text().splitlines()[:3]]
+    rows = [json.loads(line) for line in chitchat_jsonl.read_text().splitlines()[:3]]
     pq = tmp_path / "p.parquet"
     pd.DataFrame([*rows, {"dialogue": "#Person1#: new one", "summary": "s"}, rows[0]]).to_parquet(pq)
     third = import_prompts(Session, pq)
     assert (third.added, third.duplicates, third.rows) == (1, 4, 5)
     with Session.begin() as s:
-        assert s.scalar(select(func.count(Prompt.id))) == 501
-        assert s.scalar(select(Prompt.reference_summary).where(Prompt.text == rows[0]["dialogue"].strip()))
+        assert s.scalar(select(func.count(Prompt.id))) == 201
+        assert s.scalar(select(Prompt.reference_summary).where(Prompt.text == "#Person1#: new one")) == "s"
 
 
 def test_export_round_trips_in_trl_shapes(store, tmp_path):

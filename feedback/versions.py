@@ -1,0 +1,216 @@
+"""Policy versions, training rounds, and the rewards of stored generations (the preview and the PPO samples): the
+part of `FeedbackService` that the learning side reads and writes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries as q
+from db.models import Generation, PolicyVersion, TrainingRound, utcnow
+from feedback.rewards import blend, comparison_scores, mean_or_none
+from feedback.types import PPOSample, PreviewRow, RoundInfo, VersionInfo
+from rlhf.scorers import reward_of
+
+
+class VersionsMixin:
+    """Versions, rounds, rewards and samples (see `FeedbackService` for the settings it reads)."""
+
+    Session: sessionmaker[Session]
+    use_logit: bool
+
+    # ---- policy versions ------------------------------------------------------------------------------------
+    def ensure_base_version(self) -> VersionInfo:
+        """The current version, creating 'v0 (base)' (the reference policy) in an empty store."""
+        with self.Session.begin() as s:
+            cur = q.current_version(session=s)
+            if cur is None:
+                cur = PolicyVersion(name="v0 (base)", adapter_path=None, parent_id=None, is_current=True)
+                s.add(cur)
+                s.flush()
+            return _version(cur)
+
+    def current_version(self) -> VersionInfo:
+        with self.Session.begin() as s:
+            cur = q.current_version(session=s)
+            if cur is None:
+                raise ValueError("the store has no policy version yet; call ensure_base_version() first")
+            return _version(cur)
+
+    def versions(self) -> list[VersionInfo]:
+        with self.Session.begin() as s:
+            return [_version(v) for v in q.list_versions(session=s)]
+
+    def version(self, version_id: int) -> VersionInfo:
+        with self.Session.begin() as s:
+            v = s.get(PolicyVersion, version_id)
+            if v is None:
+                raise ValueError(f"no policy version {version_id}")
+            return _version(v)
+
+    def set_current(self, version_id: int) -> VersionInfo:
+        """Make `version_id` current (a rollback to an earlier version is this too)."""
+        with self.Session.begin() as s:
+            v = s.get(PolicyVersion, version_id)
+            if v is None:
+                raise ValueError(f"no policy version {version_id}")
+            q.set_current_version(version_id, session=s)
+            s.flush()
+            s.refresh(v)
+            return _version(v)
+
+    # ---- rewards ------------------------------------------------------------------------------------------
+    def preview(self, mode: str = "blend", weight: float = 0.5, limit: int | None = None) -> list[PreviewRow]:
+        """The labeled items of the current version and the reward each mode gives them."""
+        blend([], [], mode, weight)  # validates mode and weight before any work
+        with self.Session.begin() as s:
+            cur = q.current_version(session=s)
+            if cur is None:
+                return []
+            humans = _human_scores(s)
+            gens = [g for g in q.generations_of(cur.id, session=s, newest_first=True) if g.id in humans][:limit]
+            human = [mean_or_none(humans[g.id]) for g in gens]
+            by_mode = self._rewards_by_mode(gens, human, weight)
+            return [
+                PreviewRow(
+                    g.id,
+                    g.prompt.text,
+                    g.response,
+                    len(humans[g.id]),
+                    gens[i].model_score,
+                    human[i],
+                    by_mode["model"][i],
+                    by_mode["human"][i],
+                    by_mode["blend"][i],
+                )
+                for i, g in enumerate(gens)
+            ]
+
+    def model_reward(self, score: float | None, logit: float | None) -> float | None:
+        """What model mode trains on for a stored item: `rlhf.scorers.reward_of`, as the CLI. None (the item is
+        left out) when the item lacks the number: unscored, or stored without a logit by a scorer that has none."""
+        if score is None or (self.use_logit and logit is None):
+            return None
+        return reward_of(score, logit, self.use_logit)
+
+    def _rewards_by_mode(self, gens: Sequence[Generation], human: list[float | None], weight: float) -> dict:
+        """Per mode, the reward of each generation: model = the CLI's reward; human and blend mix [0, 1] scores
+        (the classifier's P(not offensive) with the mean human score)."""
+        probability = [g.model_score for g in gens]
+        return {
+            "model": [self.model_reward(g.model_score, g.model_logit) for g in gens],
+            "human": blend(probability, human, "human", weight),
+            "blend": blend(probability, human, "blend", weight),
+        }
+
+    def ppo_samples(
+        self, mode: str, weight: float = 0.5, version_id: int | None = None, rated_only: bool | None = None
+    ) -> list[PPOSample]:
+        """Generations of the policy version (default: current) with their rewards under `mode`, for PPO.
+
+        Rated items come first. `human` mode leaves unrated items out; `model` and `blend` include them unless
+        `rated_only` (default: only in `human` mode).
+        """
+        blend([], [], mode, weight)
+        rated_only = (mode == "human") if rated_only is None else rated_only
+        with self.Session.begin() as s:
+            vid = version_id if version_id is not None else q.current_version(session=s).id
+            gens = q.generations_of(vid, session=s)
+            humans = _human_scores(s, [g.id for g in gens])
+            human = [mean_or_none(humans.get(g.id, [])) for g in gens]
+            rewards = self._rewards_by_mode(gens, human, weight)[mode]
+            out = [
+                (h is None, PPOSample(g.id, list(g.query_ids), list(g.response_ids), list(g.logprobs), r))
+                for g, h, r in zip(gens, human, rewards, strict=True)
+                if r is not None and not (rated_only and h is None)
+            ]
+            return [sample for _, sample in sorted(out, key=lambda x: x[0])]
+
+    # ---- training rounds ------------------------------------------------------------------------------------
+    def create_round(self, config: dict, mode: str, weight: float) -> RoundInfo:
+        blend([], [], mode, weight)
+        with self.Session.begin() as s:
+            cur = q.current_version(session=s)
+            if cur is None:
+                raise ValueError("the store has no policy version yet")
+            r = TrainingRound(
+                config=config,
+                reward_mode=mode,
+                reward_weight=weight,
+                status="queued",
+                metrics=[],
+                input_version_id=cur.id,
+            )
+            s.add(r)
+            s.flush()
+            return _round(r)
+
+    def update_round(self, round_id: int, **fields) -> RoundInfo:
+        """Set fields of a round (status, metrics, evaluation, error, started, finished, output_version_id)."""
+        with self.Session.begin() as s:
+            r = s.get(TrainingRound, round_id)
+            if r is None:
+                raise ValueError(f"no training round {round_id}")
+            for k, v in fields.items():
+                setattr(r, k, v)
+            s.flush()
+            return _round(r)
+
+    def finish_round(
+        self, round_id: int, adapter_path: str, name: str, metrics: list, evaluation: dict | None
+    ) -> VersionInfo:
+        """Record a finished round and make its policy version current, in one transaction."""
+        with self.Session.begin() as s:
+            r = s.get(TrainingRound, round_id)
+            v = PolicyVersion(name=name, adapter_path=adapter_path, parent_id=r.input_version_id, is_current=False)
+            s.add(v)
+            s.flush()
+            q.set_current_version(v.id, session=s)
+            r.status, r.metrics, r.evaluation = "done", metrics, evaluation
+            r.finished, r.output_version_id = utcnow(), v.id
+            s.flush()
+            s.refresh(v)
+            return _version(v)
+
+    def rounds(self) -> list[RoundInfo]:
+        with self.Session.begin() as s:
+            return [_round(r) for r in q.list_rounds(session=s)]
+
+    def mark_interrupted_rounds(self) -> int:
+        with self.Session.begin() as s:
+            return q.mark_interrupted_rounds(session=s)
+
+
+def _human_scores(s: Session, generation_ids: Sequence[int] | None = None) -> dict[int, list[float]]:
+    """Per generation, every human score in [0, 1]: its ratings' scores and its comparisons' outcomes."""
+    out = q.rating_scores(generation_ids, session=s)
+    wanted = set(generation_ids) if generation_ids is not None else None
+    for a, b, winner in q.comparison_outcomes(session=s):
+        for gid, score in zip((a, b), comparison_scores(winner), strict=True):
+            if wanted is None or gid in wanted:
+                out.setdefault(gid, []).append(score)
+    return out
+
+
+# ---- ORM row -> plain object ---------------------------------------------------------------------------------
+def _version(v: PolicyVersion) -> VersionInfo:
+    return VersionInfo(v.id, v.name, v.adapter_path, v.parent_id, bool(v.is_current), v.created)
+
+
+def _round(r: TrainingRound) -> RoundInfo:
+    return RoundInfo(
+        r.id,
+        r.status,
+        r.reward_mode,
+        r.reward_weight,
+        dict(r.config or {}),
+        list(r.metrics or []),
+        r.evaluation,
+        r.error,
+        r.input_version_id,
+        r.output_version_id,
+        r.created,
+        r.started,
+        r.finished,
+    )
