@@ -145,6 +145,3 @@ class TrainingRound(Base):
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started: Mapped[datetime | None] = mapped_column(DateTime)
     finished: Mapped[datetime | None] = mapped_column(DateTime)
-
-
-ROUND_STATUSES = ("queued", "running", "done", "failed", "interrupted")

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 MODES = ("model", "human", "blend")
-KINDS = ("binary", "scale", "pairwise")
 WINNERS = ("a", "b", "tie")
 
 

@@ -259,11 +259,6 @@ def _chitchat() -> tuple[tuple[str, Turns], ...]:
     return tuple(convs)
 
 
-def chitchat_conversations() -> list[dict]:
-    """All BYU Chit Chat conversations as {"id", "turns"}; speakers are #Person1#/#Person2# by first appearance."""
-    return [{"id": conv_id, "turns": list(turns)} for conv_id, turns in _chitchat()]
-
-
 def format_dialogue(turns: Sequence[tuple[str, str]]) -> str:
     """DialogSum layout ("#Person1#: text" per line), the format the summarization prompt expects.
 
