@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import gradio as gr
 import pandas as pd
 
-from feedback.rounds import RoundSettings
+from feedback.rounds import RoundSettings, fit_mini_batch, mini_batch_note
 from feedback.types import PreviewRow
 from ui.common import bind, errors_to_page, info, require_admin, version_id, version_updates
 from ui.rounds import KL_LOSS_SERIES, REWARD_SERIES, history_frame, metric_frame, progress_html
@@ -65,7 +64,7 @@ def round_settings(
         weight=float(weight),
         steps=int(steps),
         batch_size=int(batch_size),
-        mini_batch_size=math.gcd(int(batch_size), mini_batch_size) or 1,
+        mini_batch_size=fit_mini_batch(int(batch_size), mini_batch_size),
         learning_rate=float(learning_rate),
         init_kl_coef=float(kl_coef),
         eval_prompts=int(eval_prompts),
@@ -215,7 +214,11 @@ def start_round(st, mode_label, w, n_steps, n_batch, rate_lr, kl_coef, n_eval_pr
     require_admin(st)
     settings = round_settings(mode_label, w, n_steps, n_batch, rate_lr, kl_coef, n_eval_prompts, mini_batch_size)
     started = studio.start_round(settings)
-    info(f"Round {started.id} started ({settings.mode} reward, {settings.steps} steps).")
+    note = mini_batch_note(settings.batch_size, settings.mini_batch_size, mini_batch_size)
+    info(
+        f"Round {started.id} started ({settings.mode} reward, {settings.steps} steps)."
+        + (f" Note: {note}." if note else "")
+    )
     return round_view(studio, tab)
 
 
