@@ -151,7 +151,74 @@ def make_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--out", type=Path, default=None, help="write eval.json and eval.md here")
     add_config_options(ev)
+    _add_reward_commands(sub)
     return parser
+
+
+def _add_reward_commands(sub) -> None:
+    reward = sub.add_parser("reward", help="fit a reward model on ratings, or score a file with one")
+    rsub = reward.add_subparsers(dest="reward_command", required=True)
+
+    def data_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", type=Path, required=True, help=".jsonl, .json, .csv, .parquet or a datasets folder")
+        p.add_argument("--text-column", default=None, help="the rated text (default: completion; or chosen/rejected)")
+        p.add_argument("--label-column", default=None, help="the rating (default: label): a bool, 0/1 or 1-5")
+        p.add_argument("--good", default=None, help="comma-separated label values that mean good (e.g. 2)")
+
+    fit = rsub.add_parser("fit", help="fit a head on frozen features, print its cross-validated agreement, save it")
+    data_options(fit)
+    fit.add_argument("--out", type=Path, required=True, help="folder to write; --reward.name_or_path loads it")
+    fit.add_argument("--backbone", choices=["policy", "classifier"], default="policy", help="frozen features")
+    fit.add_argument("--source", default=None, help="model the backbone reads (default: the offline preset's)")
+    fit.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    fit.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the logistic head")
+
+    score = rsub.add_parser("score", help="score every row of a file; print agreement where it has labels")
+    data_options(score)
+    score.add_argument("--model", type=Path, required=True, help="a folder written by `reward fit`")
+    score.add_argument("--out", type=Path, required=True, help="JSONL to write: one line per input row, in order")
+
+
+def _reward(args: argparse.Namespace) -> int:
+    from rlhf import reward_model as rm
+
+    rows = rm.read_rows(args.data)
+    good = None if args.good is None else args.good.split(",")
+    if args.reward_command == "fit":
+        ratings = rm.ratings_from_rows(rows, args.text_column, args.label_column, good)
+        report = rm.fit(ratings, args.out, args.backbone, args.source, args.c, args.folds)
+        print(f"saved {args.out} (fit {report.fit_s:.1f} s, cross-validation {report.cv_s:.1f} s)")
+        return 0
+    if not rm.is_reward_model(args.model):
+        raise ValueError(f"{args.model} is not a reward model folder (no {rm.MODEL_FILE}); pass the --out of `fit`")
+    scorer = rm.LearnedRewardScorer(args.model)
+    labelled = True
+    try:
+        ratings = rm.ratings_from_rows(rows, args.text_column, args.label_column, good)
+    except ValueError:
+        labelled = False  # no labels: score the text column alone
+        column = args.text_column or "completion"
+        if column not in rows[0]:
+            raise ValueError(f"no {column!r} column; the file has {list(rows[0])}: pass --text-column") from None
+        ratings = rm.Ratings("binary", [str(r[column]) for r in rows])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w") as f:
+        if ratings.kind == "pairs":
+            a, b = scorer.score_batch(ratings.chosen), scorer.score_batch(ratings.rejected)
+            for sa, sb, la, lb in zip(a.scores, b.scores, a.logits, b.logits, strict=True):
+                f.write(json.dumps({"chosen_score": sa, "rejected_score": sb, "margin": la - lb}) + "\n")
+            logits = [la - lb for la, lb in zip(a.logits, b.logits, strict=True)]
+        else:
+            s = scorer.score_batch(ratings.texts)
+            for score, logit in zip(s.scores, s.logits, strict=True):
+                f.write(json.dumps({"score": score, "logit": logit}) + "\n")
+            logits = s.logits
+    print(f"wrote {len(ratings)} scores to {args.out}")
+    if labelled:
+        truth = ratings.raw if ratings.kind == "scale" else ratings.labels
+        metrics = rm.agreement_of(ratings.kind, truth, logits)
+        print("agreement with the file's labels: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    return 0
 
 
 def _load_checkpoint_config(args: argparse.Namespace) -> RunConfig:
@@ -198,6 +265,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command == "train":
         return _train(args)
+    if args.command == "reward":
+        return _reward(args)
 
     cfg = _load_checkpoint_config(args)
     cfg.validate()

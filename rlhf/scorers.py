@@ -112,6 +112,10 @@ class ProfanityScorer:
 def load_scorer(cfg: RewardConfig, device: str = "auto") -> RewardScorer:
     if cfg.name_or_path == EMBEDDED_PROFANITY:
         return ProfanityScorer()
+    from rlhf.reward_model import LearnedRewardScorer, is_reward_model
+
+    if is_reward_model(cfg.name_or_path):  # a folder written by `python -m rlhf reward fit`
+        return LearnedRewardScorer(cfg.name_or_path)
     return ClassifierScorer(cfg.name_or_path, cfg.label, cfg.batch_size, cfg.max_length, device)
 
 
