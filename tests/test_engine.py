@@ -49,22 +49,41 @@ def test_bad_lora_targets_list_the_linear_layers(tiny_llama):
 
 
 # ---- prompts ---------------------------------------------------------------------------------------------
-def test_local_jsonl_prompts_are_filtered_by_length(dialogsum_jsonl):
-    prompts = load_prompts(DataConfig(source=str(dialogsum_jsonl), min_chars=200, max_chars=1000))
-    assert 100 < len(prompts) < 500
-    assert all(200 <= len(p.dialogue) <= 1000 for p in prompts)
-    assert all(p.summary for p in prompts) and prompts[0].id.startswith("dev_")
-
-
-@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
-def test_csv_and_parquet_prompts(tmp_path, suffix):
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_local_prompt_files_are_filtered_by_length_and_keep_ids_and_summaries(tmp_path, suffix):
     import pandas as pd
 
     df = pd.DataFrame({"id": ["a", "b"], "dialogue": ["#Person1#: " + "x" * 300, "short"], "summary": ["s", "t"]})
     path = tmp_path / f"p{suffix}"
-    df.to_csv(path, index=False) if suffix == ".csv" else df.to_parquet(path)
+    if suffix == ".jsonl":
+        df.to_json(path, orient="records", lines=True)
+    elif suffix == ".csv":
+        df.to_csv(path, index=False)
+    else:
+        df.to_parquet(path)
     prompts = load_prompts(DataConfig(source=str(path), min_chars=200, max_chars=1000))
     assert [p.id for p in prompts] == ["a"] and prompts[0].summary == "s"
+
+
+def test_dialogsum_summaries_are_read_and_score_rouge_l(dialogsum_jsonl, tiny_classifier):
+    """ROUGE-L needs prompts with reference summaries: DialogSum's, read from the file beside the checkout. An
+    answer that is the summary scores 1; another scores what rouge_l gives it; one prompt without a summary, none."""
+    from rlhf.evaluate import Answers, judge_answers
+    from rlhf.scorers import ClassifierScorer
+
+    prompts = load_prompts(DataConfig(source=str(dialogsum_jsonl), min_chars=200, max_chars=1000))
+    assert all(200 <= len(p.dialogue) <= 1000 for p in prompts)
+    assert prompts and all(p.summary for p in prompts)
+    prompts = prompts[:4]
+    summaries = [p.summary for p in prompts]
+    first_lines = [p.dialogue.splitlines()[0] for p in prompts]
+    answers = Answers(1, summaries, [5] * 4, first_lines, [5] * 4, [0.0] * 4)
+    scorer = ClassifierScorer(str(tiny_classifier), label="NOTHATE")
+    ev = judge_answers(answers, prompts, scorer, True)
+    assert ev.reference.rouge_l == pytest.approx(1.0)
+    assert ev.policy.rouge_l == pytest.approx(rouge_l(first_lines, summaries)) and ev.policy.rouge_l < 0.5
+    without = [Prompt(p.id, p.dialogue, None if i == 0 else p.summary) for i, p in enumerate(prompts)]
+    assert judge_answers(answers, without, scorer, True).reference.rouge_l is None
 
 
 def test_dataset_without_the_text_column_names_its_columns(tmp_path):
@@ -133,7 +152,7 @@ def test_indivisible_batch_is_refused():
 
 
 # ---- checkpoints and the CLI -------------------------------------------------------------------------------
-def tiny_args(tiny_llama, tiny_classifier, dialogsum_jsonl, out):
+def tiny_args(tiny_llama, tiny_classifier, chitchat_jsonl, out):
     return [
         "train",
         "--out",
@@ -149,7 +168,7 @@ def tiny_args(tiny_llama, tiny_classifier, dialogsum_jsonl, out):
         "--reward.name_or_path",
         str(tiny_classifier),
         "--data.source",
-        str(dialogsum_jsonl),
+        str(chitchat_jsonl),
         "--data.heldout_size",
         "4",
         "--eval-prompts",
@@ -169,12 +188,12 @@ def tiny_args(tiny_llama, tiny_classifier, dialogsum_jsonl, out):
     ]
 
 
-def test_cli_train_writes_a_complete_checkpoint(tmp_path, tiny_llama, tiny_classifier, dialogsum_jsonl, capsys):
+def test_cli_train_writes_a_complete_checkpoint(tmp_path, tiny_llama, tiny_classifier, chitchat_jsonl, capsys):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "run"
-    assert cli.main(tiny_args(tiny_llama, tiny_classifier, dialogsum_jsonl, out)) == 0
+    assert cli.main(tiny_args(tiny_llama, tiny_classifier, chitchat_jsonl, out)) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "adapter",
         "eval.json",
@@ -189,7 +208,7 @@ def test_cli_train_writes_a_complete_checkpoint(tmp_path, tiny_llama, tiny_class
     assert [s["step"] for s in steps] == [1, 2]
     assert {"env/reward_mean", "objective/kl", "loss/total"} <= set(steps[0])
     ev = json.loads((out / "eval.json").read_text())
-    assert ev["n_prompts"] == 4 and ev["reference"]["rouge_l"] is not None
+    assert ev["n_prompts"] == 4 and ev["reference"]["rouge_l"] is None  # the chitchat prompts have no summaries
     assert ev["answers_per_prompt"] == 2 and ev["judge"] is None and ev["policy"]["judge_toxicity_mean"] is None
     assert set(ev["noise_floor"]) == set(ev["changes"]) and "toxicity, reward classifier" in ev["changes"]
     cfg = RunConfig.from_dict(json.loads((out / "run_config.json").read_text()))
@@ -206,11 +225,11 @@ def test_cli_train_writes_a_complete_checkpoint(tmp_path, tiny_llama, tiny_class
     assert again["policy"]["reward_mean"] == pytest.approx(ev["policy"]["reward_mean"], abs=1e-6)
 
     # an existing folder is never overwritten by accident
-    assert cli.main(tiny_args(tiny_llama, tiny_classifier, dialogsum_jsonl, out)) == 2
+    assert cli.main(tiny_args(tiny_llama, tiny_classifier, chitchat_jsonl, out)) == 2
     assert "already exists" in capsys.readouterr().err
 
 
-def test_a_crash_never_leaves_a_half_checkpoint(tmp_path, tiny_llama, tiny_classifier, dialogsum_jsonl, monkeypatch):
+def test_a_crash_never_leaves_a_half_checkpoint(tmp_path, tiny_llama, tiny_classifier, chitchat_jsonl, monkeypatch):
     from rlhf import train as train_mod
 
     def boom(*a, **k):
@@ -219,13 +238,13 @@ def test_a_crash_never_leaves_a_half_checkpoint(tmp_path, tiny_llama, tiny_class
     monkeypatch.setattr(train_mod, "evaluate_run", boom)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError):
-        cli.main(tiny_args(tiny_llama, tiny_classifier, dialogsum_jsonl, out))
+        cli.main(tiny_args(tiny_llama, tiny_classifier, chitchat_jsonl, out))
     assert not out.exists()
     assert (tmp_path / "run.partial" / "metrics.jsonl").exists()
 
 
-def _resume_args(tiny_llama, tiny_classifier, dialogsum_jsonl, out, steps):
-    args = tiny_args(tiny_llama, tiny_classifier, dialogsum_jsonl, out)
+def _resume_args(tiny_llama, tiny_classifier, chitchat_jsonl, out, steps):
+    args = tiny_args(tiny_llama, tiny_classifier, chitchat_jsonl, out)
     args[args.index("--steps") + 1] = str(steps)
     # score scaling on, so the running score moments matter too
     return args + ["--ppo.use_score_scaling", "true", "--ppo.use_score_norm", "true"]
@@ -254,13 +273,13 @@ def _saved_run(folder):
     }
 
 
-def test_resume_continues_exactly_where_the_run_stopped(tmp_path, tiny_llama, tiny_classifier, dialogsum_jsonl, capsys):
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path, tiny_llama, tiny_classifier, chitchat_jsonl, capsys):
     """4 steps straight equal 2 steps, saved (and evaluated, whose sampling must not shift training's random
     numbers), resumed for 2 more: weights, value head, Adam's state, KL coefficient, score moments, data position,
     random states and the metrics of every step, exactly (CPU, same process: tolerance 0)."""
     straight, halves = tmp_path / "straight", tmp_path / "halves"
-    assert cli.main(_resume_args(tiny_llama, tiny_classifier, dialogsum_jsonl, straight, 4) + ["--no-eval"]) == 0
-    assert cli.main(_resume_args(tiny_llama, tiny_classifier, dialogsum_jsonl, halves, 2)) == 0
+    assert cli.main(_resume_args(tiny_llama, tiny_classifier, chitchat_jsonl, straight, 4) + ["--no-eval"]) == 0
+    assert cli.main(_resume_args(tiny_llama, tiny_classifier, chitchat_jsonl, halves, 2)) == 0
     first_half = _saved_run(halves)
     assert cli.main(["train", "--resume", str(halves), "--steps", "4", "--no-eval"]) == 0
     assert not (tmp_path / "halves.partial").exists() and not (halves / "eval.json").exists()
@@ -313,11 +332,11 @@ def test_every_option_reaches_the_config():
     assert cfg.preset == "offline" and cfg.data == preset("offline").data
 
 
-def test_bad_label_from_the_cli_is_a_clean_error(tmp_path, tiny_llama, dialogsum_jsonl, capsys):
+def test_bad_label_from_the_cli_is_a_clean_error(tmp_path, tiny_llama, chitchat_jsonl, capsys):
     from tests.tiny_models import build_tiny_roberta_classifier
 
     clf = build_tiny_roberta_classifier(tmp_path / "clf", labels=("LABEL_0", "LABEL_1"))
-    assert cli.main(tiny_args(tiny_llama, clf, dialogsum_jsonl, tmp_path / "run")) == 2
+    assert cli.main(tiny_args(tiny_llama, clf, chitchat_jsonl, tmp_path / "run")) == 2
     assert "pass --reward.label" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
@@ -355,12 +374,12 @@ def test_length_grouped_batches_use_every_prompt_once_per_pass_and_pad_less():
 
 
 def test_hard_prompts_keep_the_training_prompts_whose_reference_answer_scored_worst(
-    tiny_llama, tiny_classifier, dialogsum_jsonl
+    tiny_llama, tiny_classifier, chitchat_jsonl
 ):
     from rlhf.ppo import generate
     from rlhf.train import load_run
 
-    args = tiny_args(tiny_llama, tiny_classifier, dialogsum_jsonl, "unused")
+    args = tiny_args(tiny_llama, tiny_classifier, chitchat_jsonl, "unused")
     everything = load_run(cli.build_config(cli.make_parser().parse_args(args)), log=lambda _: None)
     narrowed = load_run(
         cli.build_config(cli.make_parser().parse_args([*args, "--data.hard_prompts", "5"])), log=lambda _: None
