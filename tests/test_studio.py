@@ -27,6 +27,15 @@ def studio(tiny_studio_options):
     s.db_engine.dispose()
 
 
+def _wait_for_refill(studio, timeout: float = 120.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while studio.svc.refilling and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not studio.svc.refilling, "the refill did not finish"
+
+
 def _lora(studio) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in studio.model.policy.named_parameters() if "lora_" in n}
 
@@ -41,8 +50,13 @@ def _rate_some(studio, n: int) -> None:
 def test_start_up_imports_prompts_and_fills_a_first_pool(studio):
     counts = studio.svc.prompt_counts()
     assert counts["heldout"] == 4 and counts["train"] > 100
-    assert studio.svc.unrated_count() == 8
     assert studio.svc.current_version().name == "v0 (base)"
+    # ready after the first few items; the rest of the pool (pool_size 8) follows in the background
+    assert studio.svc.unrated_count() >= studio.options.first_items
+    _wait_for_refill(studio)
+    assert studio.svc.unrated_count() == studio.options.first_items + 8  # fewer than 8 were left: one refill
+    # the pool comes from its own copy of the policy, so a round training the policy never stalls labeling
+    assert studio.model.pool_generator.policy is not studio.model.policy
 
 
 def test_a_round_makes_a_new_current_version_and_new_items_come_from_it(studio):
@@ -63,15 +77,8 @@ def test_a_round_makes_a_new_current_version_and_new_items_come_from_it(studio):
     ann = studio.svc.annotator("after")
     assert studio.svc.next_item(ann.id).policy_version_id == current.id
 
-    # Compare with the base version swaps its weights in for the answer and the trained ones back afterwards
-    trained = _lora(studio)
-    base = studio.svc.versions()[0]
-    ref, pol = studio.compare(base.id, "#Person1#: hello.\n#Person2#: hi!")
-    assert ref == pol  # the base version is the reference
-    assert all(torch.equal(p, trained[n]) for n, p in _lora(studio).items())
-    assert studio.model.generator.version_id == current.id  # the pool still refills from the current version
-
     # roll back to the base version: its weights come back and it is current again
+    base = studio.svc.versions()[0]
     studio.rollback(base.id)
     assert studio.svc.current_version().id == base.id
     assert all(torch.equal(p, before[n]) for n, p in _lora(studio).items())
@@ -122,14 +129,58 @@ def test_human_mode_needs_enough_rated_items(studio):
         studio.start_round(RoundSettings(mode="model", batch_size=5, mini_batch_size=2))
 
 
-def test_compare_answers_with_the_reference_and_the_chosen_version(studio):
-    version = studio.svc.current_version()
-    ref, pol = studio.compare(version.id, "#Person1#: hello.\n#Person2#: hi!")
-    assert ref == pol  # v0 is the reference itself; same seed, same sample
-    assert 0.0 <= ref.p_not_offensive <= 1.0
-    assert ref.reward == pytest.approx(_cli_rewards(studio, [ref.text])[0], abs=1e-5)
+def _answer_from_the_saved_adapter(studio, version, prompt: str, seed: int = 0) -> str:
+    """`version`'s answer from its saved adapter folder loaded onto a fresh copy of the base model, outside the app."""
+    import dataclasses
+
+    from rlhf.models import load_policy
+    from rlhf.ppo import generate
+    from rlhf.prompts import encode_prompt
+
+    policy = load_policy(dataclasses.replace(studio.cfg.policy, adapter_path=version.adapter_path), "cpu")
+    query = encode_prompt(policy.tokenizer, prompt, studio.cfg.data.template, studio.cfg.policy.chat_template)
+    torch.manual_seed(seed)
+    (response,) = generate(policy, [query], studio.cfg.generation)
+    return policy.tokenizer.decode(response, skip_special_tokens=True).strip()
+
+
+def test_compare_answers_with_the_reference_and_the_trained_weights_of_the_chosen_version(studio):
+    """Compare on a trained version answers with that version's weights, whichever version the policy holds: not
+    v0's answer, and exactly what its saved adapter gives when loaded on its own; the reference side is the
+    untrained model throughout, and the weights the policy held come back afterwards."""
+    prompt = studio.svc.heldout_prompts(1)[0].text
+    base = studio.svc.current_version()
+    ref0, pol0 = studio.compare(base.id, prompt)
+    assert ref0 == pol0  # v0 is the reference itself; same seed, same sample
+    assert 0.0 <= ref0.p_not_offensive <= 1.0
+    assert ref0.reward == pytest.approx(_cli_rewards(studio, [ref0.text])[0], abs=1e-5)
     with pytest.raises(ValueError, match="type a prompt"):
-        studio.compare(version.id, "  ")
+        studio.compare(base.id, "  ")
+
+    studio.start_round(
+        RoundSettings(mode="model", steps=2, batch_size=4, mini_batch_size=2, learning_rate=1e-2, eval_prompts=0)
+    )
+    studio.runner.wait(120)
+    trained = studio.svc.current_version()
+    assert trained.id != base.id and trained.adapter_path is not None, studio.svc.rounds()[0].error
+
+    # the policy holds the trained version: Compare on it, then on v0, which swaps v0 in and the trained weights back
+    held = _lora(studio)
+    ref1, pol1 = studio.compare(trained.id, prompt)
+    assert ref1 == ref0, "the reference does not train"
+    assert pol1.text != pol0.text, "the trained version answers the same prompt and seed differently"
+    assert pol1.text == _answer_from_the_saved_adapter(studio, trained, prompt)
+    assert pol1.reward == pytest.approx(_cli_rewards(studio, [pol1.text])[0], abs=1e-5)
+    assert studio.compare(base.id, prompt) == (ref0, pol0)
+    assert all(torch.equal(p, held[n]) for n, p in _lora(studio).items())
+    assert studio.model.generator.version_id == trained.id  # the pool still refills from the current version
+
+    # the policy holds v0 after a rollback: Compare loads the trained adapter from its folder, then v0 back
+    studio.rollback(base.id)
+    held = _lora(studio)
+    assert studio.compare(trained.id, prompt) == (ref1, pol1)
+    assert all(torch.equal(p, held[n]) for n, p in _lora(studio).items())
+    assert studio.model.generator.version_id == base.id
 
 
 def test_a_missing_model_is_reported_and_the_store_stays_usable(tmp_path, tiny_studio_options):
