@@ -195,6 +195,7 @@ def _run_ppo(policy, steps, reward_fn, **ppo):
     return history
 
 
+@pytest.mark.slow
 def test_ppo_raises_a_synthetic_reward(arch):
     """PPO must clearly raise the share of chosen tokens (about 0.5 for the untrained policy)."""
     kind, path = arch
@@ -214,27 +215,6 @@ def test_zero_reward_keeps_kl_near_zero(arch):
     history = _run_ppo(policy, 10, lambda rs: [0.0] * len(rs), learning_rate=1e-2, ppo_epochs=4)
     kls = [h["objective/kl"] for h in history]
     assert max(abs(k) for k in kls) < 0.05, kls
-
-
-def test_step_accepts_log_probs_recorded_at_sampling_time(tiny_llama):
-    """Stored generations (human-rated ones) carry their rollout log-probs; passing them gives the same update."""
-    results = []
-    for give in (False, True):
-        policy = make_policy(tiny_llama, "llama")
-        q = queries_for(policy, 4)
-        torch.manual_seed(0)
-        responses = generate(policy, q, GEN)
-        old = None
-        if give:
-            with torch.no_grad():
-                logits, _ = policy(policy.collate(q, responses))
-                lp = logprobs_from_logits(logits, policy.collate(q, responses).responses)
-            old = [lp[i, : len(r)] for i, r in enumerate(responses)]
-        trainer = PPOTrainer(policy, PPOConfig(learning_rate=1e-2, batch_size=4, mini_batch_size=2), seed=0)
-        results.append(trainer.step(q, responses, [1.0, 0.0, 0.5, 0.2], old_logprobs=old))
-    assert results[1]["loss/total"] == pytest.approx(results[0]["loss/total"], abs=1e-6)
-    with pytest.raises(ValueError, match="old_logprobs shape"):
-        trainer.step(q, responses, [0.0] * 4, old_logprobs=[torch.zeros(1)] * 4)
 
 
 # different lengths, one of a single token: micro-batches pad differently and weigh their tokens differently
@@ -345,20 +325,24 @@ def test_rollout_records_the_log_probs_and_values_a_forward_pass_computes(arch):
         torch.testing.assert_close(ro.values[i], values[i, : len(r)], atol=1e-4, rtol=1e-4)
 
 
-def test_step_on_a_rollout_skips_nothing_but_the_recomputation(tiny_llama):
-    """Recorded log-probs and values give the update that recomputing them gives."""
+def test_step_on_recorded_log_probs_and_values_skips_nothing_but_the_recomputation(tiny_llama):
+    """Stored generations (human-rated ones) carry their rollout log-probs, a fresh rollout its values too: passing
+    either gives the update that recomputing them gives."""
     results = []
-    for recorded in (False, True):
+    for recorded in ((), ("old_logprobs",), ("old_logprobs", "old_values")):
         policy = make_policy(tiny_llama, "llama")
         torch.nn.init.normal_(policy.value_head.summary.weight)
         q = queries_for(policy, 4)
         torch.manual_seed(0)
         ro = rollout(policy, q, GEN)
         trainer = PPOTrainer(policy, PPOConfig(learning_rate=1e-2, batch_size=4, mini_batch_size=2), seed=0)
-        extra = {"old_logprobs": ro.logprobs, "old_values": ro.values} if recorded else {}
-        results.append(trainer.step(q, ro.responses, [1.0, 0.0, 0.5, 0.2], **extra))
-    for key in ("loss/total", "loss/value", "val/mean", "objective/kl", "returns/mean"):
-        assert results[1][key] == pytest.approx(results[0][key], abs=1e-4), key
+        extra = {"old_logprobs": ro.logprobs, "old_values": ro.values}
+        results.append(trainer.step(q, ro.responses, [1.0, 0.0, 0.5, 0.2], **{k: extra[k] for k in recorded}))
+    for given in results[1:]:
+        for key in ("loss/total", "loss/value", "val/mean", "objective/kl", "returns/mean"):
+            assert given[key] == pytest.approx(results[0][key], abs=1e-4), key
+    with pytest.raises(ValueError, match="old_logprobs shape"):
+        trainer.step(q, ro.responses, [0.0] * 4, old_logprobs=[torch.zeros(1)] * 4)
     with pytest.raises(ValueError, match="old_values shape"):
         trainer.step(q, ro.responses, [0.0] * 4, old_logprobs=ro.logprobs, old_values=[torch.zeros(1)] * 4)
 
