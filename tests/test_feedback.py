@@ -288,7 +288,7 @@ def test_a_deletion_whose_copy_cannot_be_written_deletes_nothing(store, tmp_path
 def test_pairwise_preferences_map_to_scores_and_undo(store):
     _, Session = store
     svc = FeedbackService(Session)
-    ids = _fill(svc, 4, n_prompts=2)  # two responses per prompt
+    _fill(svc, 4, n_prompts=2)  # two responses per prompt
     a = svc.annotator("a")
     pair = svc.next_pair(a.id)
     assert pair.a.prompt_id == pair.b.prompt_id
@@ -301,7 +301,6 @@ def test_pairwise_preferences_map_to_scores_and_undo(store):
     assert {undone.a.generation_id, undone.b.generation_id} == {pair.a.generation_id, pair.b.generation_id}
     with Session.begin() as s:
         assert s.scalar(select(func.count(Comparison.id))) == 0
-    assert len(ids) == 4
 
 
 def test_a_skipped_pair_is_not_shown_again_and_progress_counts_pairs(store):
