@@ -314,9 +314,8 @@ def sample_reference(
     """The reference's k answers per prompt (prompt by prompt) as `evaluate` samples them; the reference never
     changes, so one set serves every evaluation of the same prompts, seed, k and sampling settings (pass it as
     `reference_responses`)."""
-    torch.manual_seed(seed)
     with policy.reference():
-        return generate(policy, [q for q in queries for _ in range(k)], gen)
+        return generate(policy, [q for q in queries for _ in range(k)], gen, seed=seed)
 
 
 def sample_answers(
@@ -340,8 +339,7 @@ def sample_answers(
     elif len(reference_responses) != len(queries) * k:
         raise ValueError(f"{len(reference_responses)} reference responses for {len(queries)} prompts x {k} answers")
     repeated = [q for q in queries for _ in range(k)]
-    torch.manual_seed(seed)
-    sampled = rollout(policy, repeated, gen)
+    sampled = rollout(policy, repeated, gen, seed=seed)
     kls = sequence_kl(policy, repeated, sampled.responses, gen.temperature, policy_logprobs=sampled.logprobs)
     ref_texts, ref_tokens = decode(policy, reference_responses)
     pol_texts, pol_tokens = decode(policy, sampled.responses)

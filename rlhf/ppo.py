@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -116,20 +117,72 @@ def generate(
     gen: GenerationConfig,
     max_new_tokens: int | None = None,
     do_sample: bool = True,
+    seed: int | None = None,
 ) -> list[torch.Tensor]:
     """Sample one response per query (batched); returns response token ids truncated after the first EOS.
 
+    `seed`: sample from a private random stream started at `seed` (see `SAMPLING`), the draws that
+    `torch.manual_seed(seed)` and then this call would make in a single thread, whatever other threads sample.
+
     Seq2seq outputs start with the decoder start token, which is not part of the response.
     """
-    return _generate(policy, queries, gen, max_new_tokens, do_sample, with_stats=False).responses
+    return _generate(policy, queries, gen, max_new_tokens, do_sample, with_stats=False, seed=seed).responses
 
 
 @torch.no_grad()
 def rollout(
-    policy: Policy, queries: Sequence[torch.Tensor], gen: GenerationConfig, max_new_tokens: int | None = None
+    policy: Policy,
+    queries: Sequence[torch.Tensor],
+    gen: GenerationConfig,
+    max_new_tokens: int | None = None,
+    seed: int | None = None,
 ) -> Rollout:
     """`generate` (sampling), keeping each response token's log-prob and value from the sampling passes."""
-    return _generate(policy, queries, gen, max_new_tokens, do_sample=True, with_stats=True)
+    return _generate(policy, queries, gen, max_new_tokens, do_sample=True, with_stats=True, seed=seed)
+
+
+# torch's random generators are global to the process. Threads that sample at once (the app's pool refill beside a
+# round's evaluation) take this lock for each generation call; a seeded call swaps its own stream in for the call
+# and out again, so its draws never depend on what other threads sampled in between.
+SAMPLING = threading.RLock()
+
+
+def _rng_state() -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def _set_rng_state(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+@contextlib.contextmanager
+def _stream(seed: int | None) -> Iterator[Callable[[], contextlib.AbstractContextManager]]:
+    """`with _stream(seed) as draw:`, then `with draw():` around each generation call. Unseeded: the global stream,
+    under the lock. Seeded: a private stream that starts where `torch.manual_seed(seed)` would and carries on from
+    call to call, swapped in and out under the lock."""
+    if seed is None:
+        yield lambda: SAMPLING
+        return
+    with SAMPLING:
+        outside = _rng_state()
+        torch.manual_seed(seed)
+        mine = [_rng_state()]
+        _set_rng_state(outside)
+
+    @contextlib.contextmanager
+    def draw() -> Iterator[None]:
+        with SAMPLING:
+            outside = _rng_state()
+            _set_rng_state(mine[0])
+            try:
+                yield
+            finally:
+                mine[0] = _rng_state()
+                _set_rng_state(outside)
+
+    yield draw
 
 
 def _generate(
@@ -139,9 +192,9 @@ def _generate(
     max_new_tokens: int | None,
     do_sample: bool,
     with_stats: bool,
+    seed: int | None = None,
 ) -> Rollout:
     from transformers import GenerationConfig as HFGenerationConfig
-    from trl.trainer.utils import pad
 
     eos = eos_token_ids(policy)
     hf_gen = HFGenerationConfig(
@@ -159,38 +212,13 @@ def _generate(
         output_hidden_states=with_stats,
     )
     out = Rollout([], [], [])
-    dev = policy.device
     # more prompts than one batch: batch them by length (less padding), hand the results back in input order
     order = sorted(range(len(queries)), key=lambda i: len(queries[i])) if len(queries) > gen.batch_size else None
     if order is not None:
         queries = [queries[i] for i in order]
-    for start in range(0, len(queries), gen.batch_size):
-        chunk = [q.to(dev) for q in queries[start : start + gen.batch_size]]
-        side = "right" if policy.is_encoder_decoder else "left"
-        ids = pad(chunk, padding_value=policy.pad_token_id, padding_side=side)
-        mask = pad([torch.ones_like(q) for q in chunk], padding_value=0, padding_side=side)
-        with _sampling_settings_only(policy, hf_gen):
-            result = policy.model.generate(input_ids=ids, attention_mask=mask, generation_config=hf_gen)
-        seqs = result.sequences if with_stats else result
-        seqs = seqs[:, 1:] if policy.is_encoder_decoder else seqs[:, ids.shape[1] :]
-        responses = [truncate_after_eos(row, eos) for row in seqs]
-        out.responses += [r.cpu() for r in responses]
-        if with_stats:
-            # step k's scores (logits / temperature, after top_k / top_p) are what new token k was drawn from;
-            # its last hidden state (decoder side) at the last position made them, which is where the value head reads.
-            lps = torch.stack(
-                [
-                    core.logprobs_from_logits(step_scores[:, None].float(), seqs[:, k, None])[:, 0]
-                    for k, step_scores in enumerate(result.scores)
-                ],
-                dim=1,
-            )  # (B, steps), one step's vocabulary at a time
-            steps = result.decoder_hidden_states if policy.is_encoder_decoder else result.hidden_states
-            hidden = torch.stack([layers[-1][:, -1] for layers in steps], dim=1)  # (B, steps, H)
-            values = policy.value_head(hidden)
-            for i, r in enumerate(responses):
-                out.logprobs.append(lps[i, : len(r)].cpu())
-                out.values.append(values[i, : len(r)].cpu())
+    with _stream(seed) as draw:
+        for start in range(0, len(queries), gen.batch_size):
+            _generate_chunk(policy, queries[start : start + gen.batch_size], hf_gen, eos, with_stats, out, draw)
     if order is not None:
         back = sorted(range(len(order)), key=order.__getitem__)
 
@@ -199,6 +227,38 @@ def _generate(
 
         out = Rollout(restore(out.responses), restore(out.logprobs), restore(out.values))
     return out
+
+
+def _generate_chunk(policy: Policy, chunk, hf_gen, eos, with_stats: bool, out: Rollout, draw) -> None:
+    """One generation call (one batch of queries), appended to `out`."""
+    from trl.trainer.utils import pad
+
+    chunk = [q.to(policy.device) for q in chunk]
+    side = "right" if policy.is_encoder_decoder else "left"
+    ids = pad(chunk, padding_value=policy.pad_token_id, padding_side=side)
+    mask = pad([torch.ones_like(q) for q in chunk], padding_value=0, padding_side=side)
+    with draw(), _sampling_settings_only(policy, hf_gen):
+        result = policy.model.generate(input_ids=ids, attention_mask=mask, generation_config=hf_gen)
+    seqs = result.sequences if with_stats else result
+    seqs = seqs[:, 1:] if policy.is_encoder_decoder else seqs[:, ids.shape[1] :]
+    responses = [truncate_after_eos(row, eos) for row in seqs]
+    out.responses += [r.cpu() for r in responses]
+    if with_stats:
+        # step k's scores (logits / temperature, after top_k / top_p) are what new token k was drawn from;
+        # its last hidden state (decoder side) at the last position made them, which is where the value head reads.
+        lps = torch.stack(
+            [
+                core.logprobs_from_logits(step_scores[:, None].float(), seqs[:, k, None])[:, 0]
+                for k, step_scores in enumerate(result.scores)
+            ],
+            dim=1,
+        )  # (B, steps), one step's vocabulary at a time
+        steps = result.decoder_hidden_states if policy.is_encoder_decoder else result.hidden_states
+        hidden = torch.stack([layers[-1][:, -1] for layers in steps], dim=1)  # (B, steps, H)
+        values = policy.value_head(hidden)
+        for i, r in enumerate(responses):
+            out.logprobs.append(lps[i, : len(r)].cpu())
+            out.values.append(values[i, : len(r)].cpu())
 
 
 @torch.no_grad()
