@@ -65,7 +65,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--prompts", default=None, help="prompt source (hub dataset, .jsonl/.csv/.parquet, embedded:chitchat)"
     )
     p.add_argument("--heldout", type=int, default=64, help="prompts of the default set kept for evaluation")
-    p.add_argument("--pool-size", type=int, default=16, help="items generated at start-up and per refill")
+    p.add_argument(
+        "--pool-size", type=int, default=16, help="items per refill; a refill starts when fewer are left to rate"
+    )
+    p.add_argument(
+        "--no-pool-copy",
+        dest="pool_copy",
+        action="store_false",
+        help="fill the pool from the training policy itself (saves one model copy of memory; labeling then waits "
+        "for items while a round trains)",
+    )
     p.add_argument(
         "--max-prompt-chars", type=int, default=20_000, help="refuse imported prompts longer than this [20000]"
     )
@@ -97,6 +106,7 @@ def options_from(args: argparse.Namespace) -> StudioOptions:
         prompts=args.prompts,
         heldout=args.heldout,
         pool_size=args.pool_size,
+        pool_copy=args.pool_copy,
         max_prompt_chars=args.max_prompt_chars,
         max_new_tokens=args.max_new_tokens,
     )

@@ -1,8 +1,10 @@
 """The app's models and the bridge to the learning side: fill the pool with the current policy's responses, and
 drive PPO steps with stored, rated generations.
 
-Everything that uses the policy takes `StudioModel.lock`: generation, evaluation and training share one queue of
-heavy work. (The name is not "engine": that word is SQLAlchemy's, for the database connection.)
+Everything that uses the training policy takes `StudioModel.lock`: evaluation and training share one queue of heavy
+work. The pool is filled from a second, inference-only copy of the current version with its own lock, so labeling
+never waits for a round (unless the copy is turned off to save memory). (The name is not "engine": that word is
+SQLAlchemy's, for the database connection.)
 """
 
 from __future__ import annotations
@@ -118,7 +120,9 @@ class StudioModel:
         version_id: the version the policy holds as loaded (the base version, with a fresh adapter).
     """
 
-    def __init__(self, cfg, policy, scorer, version_id: int):
+    def __init__(self, cfg, policy, scorer, version_id: int, pool_copy: bool = True):
+        import copy
+
         from peft import get_peft_model_state_dict
 
         self.cfg = cfg
@@ -128,13 +132,21 @@ class StudioModel:
         self._base_adapter = {k: v.detach().clone() for k, v in get_peft_model_state_dict(policy.model).items()}
         self._base_value_head = {k: v.detach().clone() for k, v in policy.value_head.state_dict().items()}
         self.generator = PolicyGenerator(policy, scorer, cfg, version_id, self.lock)
+        # What fills the pool: an inference-only copy holding the current version, with its own lock, so items
+        # keep coming while a round trains the policy (memory: one more copy of the model); or, without the copy,
+        # the training policy itself, which then waits for the round.
+        self.pool_generator = (
+            PolicyGenerator(copy.deepcopy(policy), scorer, cfg, version_id, threading.RLock())
+            if pool_copy
+            else self.generator
+        )
         self._held_adapter: str | None = None  # the adapter folder of the version the policy holds (None: base)
         self._reference_samples: dict[tuple, list] = {}  # see evaluate
         self._judge = None  # the second toxicity judge, loaded at the first evaluation (see judge)
         self._judge_loaded = False
 
     @classmethod
-    def load(cls, cfg, version_id: int, log=print) -> StudioModel:
+    def load(cls, cfg, version_id: int, log=print, pool_copy: bool = True) -> StudioModel:
         from rlhf.models import load_policy
         from rlhf.scorers import load_scorer
 
@@ -142,10 +154,10 @@ class StudioModel:
         policy = load_policy(cfg.policy, cfg.device, log=log)
         log(f"loading reward model {cfg.reward.name_or_path} ...")
         scorer = load_scorer(cfg.reward, cfg.device)
-        return cls(cfg, policy, scorer, version_id)
+        return cls(cfg, policy, scorer, version_id, pool_copy)
 
-    def use_version(self, version_id: int, adapter_path: str | None) -> None:
-        """Load a version's weights into the policy (None: the base version)."""
+    def _load_weights(self, policy, version_id: int, adapter_path: str | None) -> None:
+        """A version's LoRA and value-head weights into `policy` (None: the base version's)."""
         from pathlib import Path
 
         from peft import set_peft_model_state_dict
@@ -153,25 +165,38 @@ class StudioModel:
 
         from rlhf.models import VALUE_HEAD_FILE
 
+        if adapter_path is None:
+            adapter, head = self._base_adapter, self._base_value_head
+        else:
+            folder = Path(adapter_path)
+            weights = folder / "adapter_model.safetensors"
+            if not weights.is_file():
+                raise ValueError(f"policy version {version_id}: {weights} is missing; roll back to another version")
+            adapter = load_file(str(weights))
+            vh = folder.parent / VALUE_HEAD_FILE
+            head = load_file(str(vh)) if vh.is_file() else self._base_value_head
+        result = set_peft_model_state_dict(policy.model, adapter)
+        missing_lora = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+        if missing_lora:
+            raise ValueError(
+                f"the adapter of version {version_id} does not fit this policy (missing {missing_lora[:3]})"
+            )
+        policy.value_head.load_state_dict(head)
+
+    def use_version(self, version_id: int, adapter_path: str | None) -> None:
+        """Load a version's weights into the training policy (None: the base version)."""
         with self.lock:
-            if adapter_path is None:
-                adapter, head = self._base_adapter, self._base_value_head
-            else:
-                folder = Path(adapter_path)
-                weights = folder / "adapter_model.safetensors"
-                if not weights.is_file():
-                    raise ValueError(f"policy version {version_id}: {weights} is missing; roll back to another version")
-                adapter = load_file(str(weights))
-                vh = folder.parent / VALUE_HEAD_FILE
-                head = load_file(str(vh)) if vh.is_file() else self._base_value_head
-            result = set_peft_model_state_dict(self.policy.model, adapter)
-            missing_lora = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
-            if missing_lora:
-                raise ValueError(
-                    f"the adapter of version {version_id} does not fit this policy (missing {missing_lora[:3]})"
-                )
-            self.policy.value_head.load_state_dict(head)
+            self._load_weights(self.policy, version_id, adapter_path)
             self.holds(version_id, adapter_path)
+
+    def serve(self, version_id: int, adapter_path: str | None) -> None:
+        """Fill the pool from this version from now on (the current one: at start, after a round, a rollback)."""
+        gen = self.pool_generator
+        if gen is self.generator:
+            return  # no copy: the pool follows the training policy, which holds the current version between rounds
+        with gen.lock:
+            self._load_weights(gen.policy, version_id, adapter_path)
+            gen.version_id = version_id
 
     def holds(self, version_id: int, adapter_path: str | None) -> None:
         """Record which version the policy's weights are now: `use_version` does, and so does a round, which
@@ -198,18 +223,15 @@ class StudioModel:
 
     def answer(self, text: str, seed: int = 0) -> tuple[Answer, Answer]:
         """The reference's and the policy's answers to one prompt, with the same sampling seed."""
-        import torch
 
         from rlhf.ppo import generate
         from rlhf.scorers import rewards
 
         query = [self.encode(text)]
         with self.lock:
-            torch.manual_seed(seed)
             with self.policy.reference():
-                ref = generate(self.policy, query, self.cfg.generation)
-            torch.manual_seed(seed)
-            pol = generate(self.policy, query, self.cfg.generation)
+                ref = generate(self.policy, query, self.cfg.generation, seed=seed)
+            pol = generate(self.policy, query, self.cfg.generation, seed=seed)
         texts = [t.strip() for t in self.policy.tokenizer.batch_decode(ref + pol, skip_special_tokens=True)]
         scored = self.scorer.score_batch(texts)
         rewards_ = rewards(scored, self.cfg.reward.use_logit, self.scorer.name)

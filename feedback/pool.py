@@ -17,6 +17,8 @@ from feedback.types import ImportReport, NewGeneration, PromptRef
 
 log = logging.getLogger(__name__)
 
+REFILL_CHUNK = 8  # prompts answered per generation call of a refill; each chunk is stored as soon as it is made
+
 
 class Generator(Protocol):
     """What the pool asks for new items: responses of the policy version `version_id` to these prompts."""
@@ -80,8 +82,16 @@ class PoolMixin:
             cur = q.current_version(session=s)
             return 0 if cur is None else q.count_unrated(cur.id, session=s)
 
-    def refill_if_low(self, pairs: bool = False) -> int:
-        """Ask the generator for `refill_size` new items when fewer than `low_water` unrated ones remain.
+    refill_progress: tuple[int, int] | None = None  # (prompts answered, of all) while a refill runs
+
+    @property
+    def refilling(self) -> bool:
+        """A refill is generating items now."""
+        return self._refill_lock.locked()
+
+    def refill_if_low(self, pairs: bool = False, size: int | None = None) -> int:
+        """Ask the generator for `size` (default `refill_size`) new items when fewer than `low_water` unrated ones
+        remain.
 
         With `pairs`, instead give a second response to prompts that have only one from the current version,
         so pairwise raters have something to compare (asked for when someone finds no pair left).
@@ -96,17 +106,20 @@ class PoolMixin:
                 if cur is None or cur.id != self.generator.version_id:
                     return 0  # the policy still holds another version; the app swaps it first
                 if pairs:
-                    chosen = q.prompts_with_one_generation(cur.id, max(1, self.refill_size // 2), session=s)
+                    chosen = q.prompts_with_one_generation(cur.id, max(1, (size or self.refill_size) // 2), session=s)
                 elif q.count_unrated(cur.id, session=s) < self.low_water:
-                    chosen = q.prompts_for_generation(cur.id, self.refill_size, session=s)
+                    chosen = q.prompts_for_generation(cur.id, size or self.refill_size, session=s)
                 else:
                     return 0
                 prompts = [PromptRef(p.id, p.text, p.reference_summary) for p in chosen]
                 version_id = cur.id
             if not prompts:
                 return 0
-            gens = self.generator.generate(prompts)
-            added = len(self.add_generations(version_id, gens))
+            added = 0
+            # in chunks, each stored as soon as it is made: the first items are rateable before the last exist
+            for i in range(0, len(prompts), REFILL_CHUNK):
+                self.refill_progress = (i, len(prompts))
+                added += len(self.add_generations(version_id, self.generator.generate(prompts[i : i + REFILL_CHUNK])))
             self.last_refill_error = None
             return added
         except Exception as err:  # noqa: BLE001 - a failed refill is reported, labeling goes on
@@ -114,6 +127,7 @@ class PoolMixin:
             self.last_refill_error = f"{type(err).__name__}: {err}"
             return 0
         finally:
+            self.refill_progress = None
             self._refill_lock.release()
 
     def refill_in_background(self, pairs: bool = False) -> threading.Thread | None:

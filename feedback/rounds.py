@@ -213,6 +213,7 @@ class RoundRunner:
                 staging = None
                 version = svc.finish_round(info.id, str(final / "adapter"), f"v{number}", metrics, evaluation)
                 model.holds(version.id, version.adapter_path)  # the trained weights are the new version
+                model.serve(version.id, version.adapter_path)  # and the pool comes from it from now on
         except _Cancelled:
             self._restore(input_version)
             svc.update_round(info.id, status="interrupted", error="cancelled by the user", finished=utcnow())

@@ -34,7 +34,9 @@ class StudioOptions:
     reward_label: str | None = None
     prompts: str | None = None  # overrides the preset's prompt source
     heldout: int = 64  # prompts of the default set kept for evaluation
-    pool_size: int = 16  # generations made at start-up and per refill
+    pool_size: int = 16  # generations made at start-up and per refill; a refill starts when fewer are left
+    first_items: int = 4  # generated first at start-up, so labeling starts before the rest of the pool is made
+    pool_copy: bool = True  # fill the pool from an inference copy of the policy, so rounds never stall labeling
     max_prompt_chars: int = 20_000  # imported prompts longer than this are refused
     min_new_tokens: int | None = None
     max_new_tokens: int | None = None
@@ -66,6 +68,24 @@ class StudioOptions:
         return cfg
 
 
+@dataclass(frozen=True)
+class StartPhase:
+    """What start-up is doing: a phase, when it began (perf_counter), and done of total where it counts."""
+
+    name: str
+    started: float
+    done: int = 0
+    total: int = 0
+
+    def text(self, now: float) -> str:
+        """'generating the first items 2/4 · 12 s · about 12 s left' (the ETA once something was counted)."""
+        elapsed = now - self.started
+        out = self.name + (f" {self.done}/{self.total}" if self.total else "") + f" · {elapsed:.0f} s"
+        if self.total and self.done:
+            out += f" · about {elapsed / self.done * (self.total - self.done):.0f} s left"
+        return out
+
+
 class Studio:
     """The app's services. `start()` loads the models in a background thread; `status` says how far it got."""
 
@@ -81,6 +101,7 @@ class Studio:
         upgrade(self.db_engine)
         self.svc = FeedbackService(
             make_session_factory(self.db_engine),
+            low_water=options.pool_size,
             refill_size=options.pool_size,
             use_logit=self.cfg.reward.use_logit,
         )
@@ -91,6 +112,7 @@ class Studio:
         self.model = None  # the loaded `StudioModel`, once start-up has got that far
         self.runner: RoundRunner | None = None
         self.status = "starting"
+        self.phase = StartPhase("starting", time.perf_counter())
         self.error: str | None = None
         self.ready = threading.Event()
         self.started_at = time.perf_counter()
@@ -99,6 +121,13 @@ class Studio:
     def log(self, message: str) -> None:
         self.status = message
         self._log_fn(message)
+
+    def _enter(self, name: str, done: int = 0, total: int = 0) -> None:
+        """A start-up phase begins (or moves on: done of total); the page shows it with its time and an ETA."""
+        now = time.perf_counter()
+        started = self.phase.started if name == self.phase.name else now
+        self.phase = StartPhase(name, started, done, total)
+        self.log(name + (f" {done}/{total}" if total else "") + " ...")
 
     # ---- start-up -----------------------------------------------------------------------------------------
     def start(self, background: bool = True) -> None:
@@ -114,20 +143,27 @@ class Studio:
         try:
             self._import_default_prompts()
             current = self.svc.current_version()
-            model = StudioModel.load(self.cfg, self.svc.versions()[0].id, log=self.log)
+            self._enter("loading the policy and the reward model (a first start converts the model once)")
+            model = StudioModel.load(
+                self.cfg, self.svc.versions()[0].id, log=self.log, pool_copy=self.options.pool_copy
+            )
             if current.adapter_path is not None:
-                self.log(f"loading policy version {current.name} ...")
+                self._enter(f"loading policy version {current.name}")
                 model.use_version(current.id, current.adapter_path)
+                model.serve(current.id, current.adapter_path)
             self.model = model
-            self.svc.generator = model.generator
+            self.svc.generator = model.pool_generator
             self.runner = RoundRunner(self.svc, model, self.data_dir / "versions")
-            if self.svc.unrated_count() < self.svc.low_water:
-                self.log(f"generating a first pool of {self.options.pool_size} items ...")
-                self.svc.refill_if_low()
+            first = min(self.options.first_items, self.options.pool_size)
+            if self.svc.unrated_count() < first:
+                # a few items first, so labeling starts now; the rest of the pool follows in the background
+                self._enter("generating the first items", 0, first)
+                self.svc.refill_if_low(size=first)
                 if self.svc.last_refill_error:
                     raise RuntimeError(self.svc.last_refill_error)
             self.log(f"ready in {time.perf_counter() - self.started_at:.0f} s")
             self.ready.set()
+            self.svc.refill_in_background()
         except Exception as err:  # noqa: BLE001 - shown on the page; the store stays usable
             log.exception("start-up failed")
             self.error = f"{type(err).__name__}: {err}"
@@ -140,7 +176,7 @@ class Studio:
             return
         from rlhf.prompts import load_prompts, split_prompts
 
-        self.log(f"importing prompts from {self.cfg.data.source} ...")
+        self._enter(f"importing prompts from {self.cfg.data.source}")
         prompts = load_prompts(self.cfg.data)
         heldout = min(self.cfg.data.heldout_size, max(1, len(prompts) // 4))
         train, held = split_prompts(prompts, heldout, self.cfg.data.split_seed)
@@ -190,6 +226,7 @@ class Studio:
         with model.lock:
             target = self.svc.version(version_id)
             model.use_version(target.id, target.adapter_path)
+            model.serve(target.id, target.adapter_path)
             version = self.svc.set_current(target.id)
         self.svc.refill_in_background()
         return version

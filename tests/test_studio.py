@@ -21,6 +21,7 @@ def studio(tiny_studio_options):
     s = Studio(options, log_fn=lambda _: None)
     s.start(background=False)
     assert s.ready.is_set(), s.error
+    _wait_for_refill(s)  # ready after the first items; the rest of the pool follows in the background
     yield s
     if s.runner is not None:
         s.runner.wait(60)
@@ -51,9 +52,7 @@ def test_start_up_imports_prompts_and_fills_a_first_pool(studio):
     counts = studio.svc.prompt_counts()
     assert counts["heldout"] == 4 and counts["train"] > 100
     assert studio.svc.current_version().name == "v0 (base)"
-    # ready after the first few items; the rest of the pool (pool_size 8) follows in the background
-    assert studio.svc.unrated_count() >= studio.options.first_items
-    _wait_for_refill(studio)
+    # ready after the first few items; the rest of the pool (pool_size 8) followed in the background
     assert studio.svc.unrated_count() == studio.options.first_items + 8  # fewer than 8 were left: one refill
     # the pool comes from its own copy of the policy, so a round training the policy never stalls labeling
     assert studio.model.pool_generator.policy is not studio.model.policy
@@ -305,3 +304,23 @@ def test_rounds_doctests():
     """`fit_mini_batch` and `mini_batch_note`: the size a round uses when the config's does not divide the batch,
     and what it says about it."""
     assert doctest.testmod(feedback.rounds).failed == 0
+
+
+def test_labeling_starts_after_the_first_items_and_the_pool_fills_behind_it(tiny_studio_options):
+    """Launch to first item: the page is ready once `first_items` exist, not after the whole pool."""
+    seen = []
+    holder = {}
+
+    def log(message):
+        if message.startswith("ready"):
+            seen.append(holder["studio"].svc.unrated_count())
+
+    s = Studio(tiny_studio_options(first_items=2), log_fn=log)
+    holder["studio"] = s
+    s.start(background=False)
+    try:
+        assert seen == [2], "ready as soon as the first two items were stored"
+        _wait_for_refill(s)
+        assert s.svc.unrated_count() == 2 + 8
+    finally:
+        s.db_engine.dispose()

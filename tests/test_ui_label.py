@@ -61,6 +61,8 @@ def test_the_remembered_name_is_the_typed_one_trimmed():
 
 # ---- callbacks against a fake service --------------------------------------------------------------------------------
 class FakeService:
+    refill_progress = None  # no refill running
+
     def __init__(self, items):
         self.items = list(items)
         self.calls = []
@@ -110,11 +112,13 @@ def _label_tab(studio) -> label.LabelTab:
 
 def _studio(items):
     from feedback.rounds import RoundSettings
+    from feedback.studio import StartPhase
 
     return SimpleNamespace(
         svc=FakeService(items),
         ready=SimpleNamespace(is_set=lambda: True),
         status="ready",
+        phase=StartPhase("ready", 0.0),
         round_defaults=lambda: RoundSettings(),
     )
 
@@ -176,3 +180,32 @@ def test_skipping_a_pair_keeps_it_out_of_this_tab():
     st = dataclasses.replace(UserState(), annotator_id=42, kind="pairwise", pair=PAIR)
     out = label.skip(st, False, studio=studio, tab=tab)
     assert out[tab.state].skipped_pairs == ((1, 2),) and ("next_pair", ((1, 2),)) in studio.svc.calls
+
+
+def test_while_items_are_made_the_page_says_how_far_the_refill_got():
+    assert label.empty_note(True, "", (8, 16)) == (
+        "Nothing left to rate for you right now: generating new items (8/16 done)."
+    )
+    assert label.empty_note(False, "generating the first items 0/4 · 3 s") == (
+        "Loading: generating the first items 0/4 · 3 s"
+    )
+    assert label.refill_text((8, 16)) == " · generating new items 8/16" and label.refill_text(None) == ""
+
+
+def test_start_up_phases_report_their_time_and_once_counting_an_estimate():
+    from feedback.studio import StartPhase
+
+    assert StartPhase("importing prompts", started=100.0).text(now=107.4) == "importing prompts · 7 s"
+    # 2 of 8 items in 10 s: 5 s each, 6 to go
+    assert StartPhase("generating", 100.0, 2, 8).text(now=110.0) == "generating 2/8 · 10 s · about 30 s left"
+
+
+def test_rating_buttons_work_only_while_something_is_on_screen():
+    for items, enabled in (([_item(1)], True), ([], False)):
+        studio = _studio(items)
+        tab = _label_tab(studio)
+        out = label.show_next(
+            UserState(), "Ann", "Binary (toxic / not toxic)", False, None, studio=studio, auth=False, tab=tab
+        )
+        assert [out[b]["interactive"] for b in tab.rating_buttons] == [enabled] * 11  # 2 + 5 + 3 + skip
+        assert tab.undo not in out  # undo stays usable with nothing on screen: it brings an item back

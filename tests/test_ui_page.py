@@ -4,6 +4,7 @@ rely on, callbacks that still receive the request, the status line and the versi
 from __future__ import annotations
 
 import re
+import time
 from types import SimpleNamespace
 
 import gradio as gr
@@ -95,13 +96,15 @@ def test_a_download_link_is_markdown_with_the_label_and_name_as_text():
 
 
 def test_the_timer_updates_the_status_and_fetches_no_item_for_a_tab_without_annotator():
+    from feedback.studio import StartPhase
     from ui.common import UserState
     from ui.page import tick
 
     swept = []
     studio = SimpleNamespace(
         error=None,
-        status="loading the reward model",
+        status="loading the reward model ...",
+        phase=StartPhase("loading the reward model", started=time.perf_counter() - 12.4),
         ready=SimpleNamespace(is_set=lambda: False),
         downloads=SimpleNamespace(sweep=lambda: swept.append(1)),
     )
@@ -118,4 +121,6 @@ def test_the_timer_updates_the_status_and_fetches_no_item_for_a_tab_without_anno
         tab=None,
         status=status,
     )
-    assert out == {status: "Loading: loading the reward model"} and swept == [1]
+    assert list(out) == [status] and swept == [1]
+    text, seconds = out[status].rsplit(" · ", 1)  # the phase, and how long it has run: 12 s and a bit
+    assert text == "Loading: loading the reward model" and 12 <= int(seconds.removesuffix(" s")) < 60

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -68,10 +69,17 @@ def screen(kind: str, item: Item | None, pair: PairItem | None, reveal: bool, em
     return Screen(prompt=item.prompt, response=item.response, scores=scores)
 
 
-def empty_note(ready: bool, loading_status: str) -> str:
+def empty_note(ready: bool, loading_status: str, refill: tuple[int, int] | None = None) -> str:
     if not ready:
         return f"Loading: {loading_status}"
+    if refill is not None:
+        return f"Nothing left to rate for you right now: generating new items ({refill[0]}/{refill[1]} done)."
     return "Nothing left to rate for you right now: new items are being generated."
+
+
+def refill_text(refill: tuple[int, int] | None) -> str:
+    """' · generating new items 8/16' while a refill runs (shown after the progress line), else ''."""
+    return "" if refill is None else f" · generating new items {refill[0]}/{refill[1]}"
 
 
 def progress_text(
@@ -149,7 +157,12 @@ class LabelTab:
             self.pair_row,
             self.comment,
             self.kind,
+            *self.rating_buttons,
         ]
+
+    @property
+    def rating_buttons(self) -> list[gr.Button]:
+        return [*self.binary_buttons.values(), *self.scale_buttons, *self.pair_buttons.values(), self.skip]
 
     @property
     def who_inputs(self) -> list:
@@ -235,15 +248,18 @@ def fetch(svc, state: UserState) -> UserState:
 def view(studio, tab: LabelTab, state: UserState, reveal: bool) -> dict:
     """Every labeling action ends here: the state, the item's text, progress and which controls show."""
     svc, kind = studio.svc, state.kind
-    shown = screen(kind, state.item, state.pair, reveal, empty_note(studio.ready.is_set(), studio.status))
-    if (state.pair is None) if kind == "pairwise" else (state.item is None):
+    refill = svc.refill_progress
+    note = empty_note(studio.ready.is_set(), studio.phase.text(time.perf_counter()), refill)
+    shown = screen(kind, state.item, state.pair, reveal, note)
+    nothing = (state.pair is None) if kind == "pairwise" else (state.item is None)
+    if nothing:
         svc.refill_in_background(pairs=kind == "pairwise")
     progress = ""
     if state.annotator_id:
         pairs = svc.pair_progress(state.annotator_id, state.skipped_pairs) if kind == "pairwise" else None
         progress = progress_text(
             svc.progress(state.annotator_id), svc.current_version().name, state.name, state.role, pairs
-        )
+        ) + refill_text(refill)
     single = kind != "pairwise"
     return {
         tab.state: state,
@@ -260,6 +276,7 @@ def view(studio, tab: LabelTab, state: UserState, reveal: bool) -> dict:
         tab.pair_row: gr.update(visible=kind == "pairwise"),
         tab.comment: "",  # clear the comment box
         tab.kind: gr.update(value=KIND_LABELS[kind]),  # the selector follows an undo into another kind
+        **{b: gr.update(interactive=not nothing) for b in tab.rating_buttons},  # nothing on screen: nothing to rate
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import gradio as gr
 
 from ui.common import UserState, bind, version_updates
@@ -33,7 +35,8 @@ def status_text(
 
 def studio_status(studio) -> str:
     if studio.error or not studio.ready.is_set():
-        return status_text(error=studio.error, ready=studio.ready.is_set(), loading=studio.status)
+        loading = studio.phase.text(time.perf_counter())
+        return status_text(error=studio.error, ready=studio.ready.is_set(), loading=loading)
     return status_text(
         error=None,
         ready=True,
@@ -45,10 +48,12 @@ def studio_status(studio) -> str:
 
 
 def tick(st: UserState, rev: bool, who_name: str, kind_label: str, request: gr.Request, *, studio, auth, tab, status):
-    """Every second: the start-up status, and a first item as soon as the pool has one."""
+    """Every second: the start-up status, and (while a tab has nothing to rate) a first item as soon as the pool
+    has one, or what the app is doing until then."""
     studio.downloads.sweep()  # expired export files go even when nobody exports again
     out = {status: studio_status(studio)}
-    if st.annotator_id is not None and st.item is None and st.pair is None and studio.ready.is_set():
+    # nothing on screen: show the first item as soon as there is one, and until then what start-up is doing
+    if st.annotator_id is not None and st.item is None and st.pair is None:
         shown = show_next(st, who_name, kind_label, rev, request, studio=studio, auth=auth, tab=tab)
         if shown != gr.skip():
             out.update(shown)
@@ -93,6 +98,7 @@ def build_demo(studio, auth: bool = False) -> gr.Blocks:
             bind(round_tick, studio=studio, tab=training, seen_state=round_seen),
             [round_seen],
             [round_seen, *training.round_outputs],
+            show_progress="hidden",
         )
         demo.load(
             bind(on_load, studio=studio, training=training, compare=compare, data=data),
@@ -126,4 +132,5 @@ def _wire_label_timers(demo: gr.Blocks, studio, auth: bool, label: LabelTab, sta
         bind(tick, studio=studio, auth=auth, tab=label, status=status),
         [label.state, label.reveal, label.name, label.kind],
         [status, *label.outputs],
+        show_progress="hidden",  # a once-a-second poll: no "queue 1/1" flicker over the page
     )
