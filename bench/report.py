@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 STEP_TARGET = 0.8  # our step time / trl 0.11.4's, SmolLM2 + LoRA
@@ -133,8 +134,24 @@ def render(results: dict) -> str:
     if rows:
         out += ["## Targets", "", "| target | measured (same run) | verdict |", "|---|---|---|"]
         out += [f"| {a} | {b} | {c} |" for a, b, c in rows] + [""]
-    out += _step(results) + _round(results) + _rollout(results) + _detox(results) + _mfu(results) + _notes(results)
+    out += _step(results) + _round(results) + _rollout(results) + _detox(results) + _mfu(results)
+    out += _included() + _notes(results)
     return "\n".join(out) + "\n"
+
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _included() -> list[str]:
+    """Runs made apart from this suite (on other machines, or too long for it), kept in bench/results/ as their
+    scripts wrote them (each file says which command and machine), and carried into every report as they are."""
+    files = sorted(RESULTS_DIR.glob("*.md"))
+    if not files:
+        return []
+    out = ["## 5. Runs kept in bench/results/", ""]
+    for f in files:
+        out += [f"### {f.stem}", "", f.read_text().strip(), ""]
+    return out
 
 
 def _threads(results: dict) -> str:
