@@ -3,7 +3,9 @@
 - launch to first rateable item: from starting `python app.py` on a fresh data dir (new database, prompt import,
   model loading, first pool) to the first item shown on the page;
 - click to next item: from a click on a rating button to the next item shown, p50 / p95 over `--clicks`
-  clicks, paced like a quick annotator (`--pace` seconds between a shown item and the next click).
+  clicks, paced like a quick annotator (`--pace` seconds between a shown item and the next click);
+- with `--round-steps N`, the same again while a model-mode round of N steps trains (started from a second page,
+  as an admin would): click to next item during the round, and the longest time the annotator saw "nothing left".
 
     .venv/bin/python -m bench.app_latency                       # the embedded default (SmolLM2, profanity-check)
     .venv/bin/python -m bench.app_latency -- --policy DIR ...   # anything after -- goes to app.py
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -55,7 +58,46 @@ def _wait_http(url: str, deadline: float) -> None:
     raise TimeoutError(f"{url} did not answer")
 
 
-def measure(app_args: list[str], clicks: int, pace: float, timeout: float) -> dict:
+def _click_through(page, shown, current, clicks: int, pace: float, until=None) -> tuple[list[float], int, float]:
+    """Rate `clicks` items (or until `until()` is true), each `pace` s after it appeared: (click-to-next
+    latencies, clicks that met an empty pool, longest wait for an item in seconds)."""
+    prompt = page.locator("#prompt textarea")
+    latencies, waited_for_pool, longest = [], 0, 0.0
+    n = 0
+    while n < clicks and not (until is not None and until()):
+        if current is None:  # nothing on screen (the buttons are off): wait for an item, as a person would
+            start = time.monotonic()
+            while (current := shown()) is None:
+                time.sleep(0.05)
+            longest = max(longest, time.monotonic() - start)
+            waited_for_pool += 1
+        time.sleep(pace)
+        before = current
+        start = time.monotonic()
+        page.click("#rate-ok" if n % 2 else "#rate-toxic")
+        waited = False
+        while True:
+            now = shown()
+            if now is not None and now != before:
+                break
+            waited = waited or prompt.input_value().startswith(PLACEHOLDERS[0])
+            if time.monotonic() - start > 300:
+                raise TimeoutError(f"click {n}: no next item within 300 s")
+            time.sleep(0.01)
+        latencies.append(time.monotonic() - start)
+        waited_for_pool += waited
+        longest = max(longest, latencies[-1]) if waited else longest
+        current = now
+        n += 1
+    return latencies, waited_for_pool, longest
+
+
+def _figures(latencies: list[float]) -> dict:
+    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
+    return {"clicks": len(latencies), "p50_ms": q[49] * 1000, "p95_ms": q[94] * 1000, "max_ms": max(latencies) * 1000}
+
+
+def measure(app_args: list[str], clicks: int, pace: float, timeout: float, round_steps: int = 0) -> dict:
     from playwright.sync_api import sync_playwright
 
     port = _free_port()
@@ -92,37 +134,37 @@ def measure(app_args: list[str], clicks: int, pace: float, timeout: float) -> di
                     current = shown()
                     time.sleep(0.05)
                 t_first = time.monotonic() - t0
-                latencies, waited_for_pool = [], 0
-                for n in range(clicks):
-                    time.sleep(pace)
-                    before = current
-                    start = time.monotonic()
-                    page.click("#rate-ok" if n % 2 else "#rate-toxic")
-                    waited = False
-                    while True:
-                        now = shown()
-                        if now is not None and now != before:
-                            break
-                        waited = waited or prompt.input_value().startswith(PLACEHOLDERS[0])
-                        if time.monotonic() - start > 120:
-                            raise TimeoutError(f"click {n}: no next item within 120 s")
-                        time.sleep(0.01)
-                    latencies.append(time.monotonic() - start)
-                    waited_for_pool += waited
-                    current = now
+                latencies, waited_for_pool, _ = _click_through(page, shown, current, clicks, pace)
+                during = None
+                if round_steps:
+                    current = shown()
+                    admin = browser.new_page()
+                    admin.goto(url)
+                    admin.get_by_role("tab", name="Reward & training").click()
+                    admin.locator("#steps input").fill(str(round_steps))
+                    admin.click("#start-round")
+                    status = admin.locator("#round-status")
+                    t_round = time.monotonic()
+                    admin.wait_for_function(
+                        "/running|queued/.test(document.querySelector('#round-status').innerText)", timeout=60_000
+                    )
+
+                    def round_over() -> bool:
+                        return not re.search("running|queued", status.inner_text())
+
+                    lat, waits, longest = _click_through(page, shown, current, 10**6, pace, until=round_over)
+                    during = _figures(lat) | {
+                        "pool_waits": waits,
+                        "longest_wait_s": longest,
+                        "round_s": time.monotonic() - t_round,
+                        "round_status": status.inner_text()[:200],
+                    }
                 browser.close()
         finally:
             proc.terminate()
             proc.wait(30)
-    q = statistics.quantiles(latencies, n=100, method="inclusive")
-    return {
-        "page_up_s": t_page,
-        "first_item_s": t_first,
-        "clicks": len(latencies),
-        "p50_ms": q[49] * 1000,
-        "p95_ms": q[94] * 1000,
-        "max_ms": max(latencies) * 1000,
-        "pool_waits": waited_for_pool,
+    return {"page_up_s": t_page, "first_item_s": t_first, **_figures(latencies), "pool_waits": waited_for_pool} | {
+        "during_round": during
     }
 
 
@@ -134,11 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clicks", type=int, default=50)
     p.add_argument("--pace", type=float, default=1.0, help="seconds between an item shown and the next click")
     p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--round-steps", type=int, default=0, help="also measure while a round of this many steps trains")
     args = p.parse_args(own)
     cpu = cpu_model()
     print(f"# app latency, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, {cpu}")
     print(f"# app.py {' '.join(app_args) or '(embedded default)'}; {args.clicks} clicks, {args.pace} s pace\n")
-    r = measure(app_args, args.clicks, args.pace, args.timeout)
+    r = measure(app_args, args.clicks, args.pace, args.timeout, args.round_steps)
     print(
         "| page served | first rateable item | clicks | click to next item p50 | p95 | max | clicks that waited for the pool |"
     )
@@ -147,6 +190,19 @@ def main(argv: list[str] | None = None) -> int:
         f"| {r['page_up_s']:.1f} s | {r['first_item_s']:.1f} s | {r['clicks']} | {r['p50_ms']:.0f} ms | "
         f"{r['p95_ms']:.0f} ms | {r['max_ms']:.0f} ms | {r['pool_waits']} |"
     )
+    d = r["during_round"]
+    if d:
+        print(
+            f"\nDuring a {args.round_steps}-step model-mode round ({d['round_s']:.0f} s; ended: {d['round_status']!r}):\n"
+        )
+        print(
+            "| clicks | click to next item p50 | p95 | max | clicks that met an empty pool | longest wait for an item |"
+        )
+        print("|---|---|---|---|---|---|")
+        print(
+            f"| {d['clicks']} | {d['p50_ms']:.0f} ms | {d['p95_ms']:.0f} ms | {d['max_ms']:.0f} ms | "
+            f"{d['pool_waits']} | {d['longest_wait_s']:.1f} s |"
+        )
     return 0
 
 
