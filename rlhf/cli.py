@@ -168,7 +168,7 @@ def _add_reward_commands(sub) -> None:
     fit = rsub.add_parser("fit", help="fit a head on frozen features, print its cross-validated agreement, save it")
     data_options(fit)
     fit.add_argument("--out", type=Path, required=True, help="folder to write; --reward.name_or_path loads it")
-    fit.add_argument("--backbone", choices=["policy", "classifier"], default="policy", help="frozen features")
+    fit.add_argument("--backbone", choices=["policy", "classifier"], default="classifier", help="frozen features")
     fit.add_argument("--source", default=None, help="model the backbone reads (default: the offline preset's)")
     fit.add_argument("--folds", type=int, default=5, help="cross-validation folds")
     fit.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the logistic head")
