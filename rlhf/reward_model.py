@@ -314,8 +314,10 @@ def fit(
 
     if len(ratings) < 4:
         raise ValueError(f"{len(ratings)} ratings are too few to fit and cross-validate a reward model (need 4+)")
-    if ratings.kind == "binary" and len(set(_binary(ratings).tolist())) < 2:
-        raise ValueError("every label is the same: a reward model needs both good and bad examples")
+    if ratings.kind == "binary" and min(np.bincount(_binary(ratings), minlength=2)) < 2:
+        raise ValueError(
+            "a reward model needs at least 2 good and 2 bad examples to fit and cross-validate; rate more items"
+        )
     preset = offline_preset()
     source = source or (preset.policy.name_or_path if backbone == "policy" else preset.reward.name_or_path)
     features = load_features(backbone, source)

@@ -111,5 +111,8 @@ def test_a_file_with_other_columns_or_labels_gets_a_clear_error(tmp_path):
     ratings = rm.ratings_from_rows(rm.read_rows(tweets), "tweet", "class", good=["2"])
     assert ratings.kind == "binary" and ratings.labels == [1.0, 0.0] * 3
     same = _write(tmp_path / "same.jsonl", [{"completion": "x", "label": 1}] * 6)
-    with pytest.raises(ValueError, match="both good and bad"):
+    with pytest.raises(ValueError, match="at least 2 good and 2 bad"):
         rm.fit(rm.ratings_from_rows(rm.read_rows(same)), None, "classifier")
+    one_bad = _write(tmp_path / "one.jsonl", [{"completion": "x", "label": 1}] * 5 + [{"completion": "y", "label": 0}])
+    with pytest.raises(ValueError, match="at least 2 good and 2 bad"):
+        rm.fit(rm.ratings_from_rows(rm.read_rows(one_bad)), None, "classifier")
