@@ -1,7 +1,8 @@
 """The real page in headless Debian Chromium (driven by playwright), on tiny models built in a temp dir.
 
-Logs in, rates three items with buttons and one with a keyboard shortcut, undoes one, switches to Blend at 0.5,
-runs a 1-step round, compares, and checks the store afterwards. An injected `<img onerror>` / `<script>` in a
+Logs in, rates in all three kinds (buttons and keys), skips and undoes across kinds, starts a long round and
+watches its phases in the progress bar until Cancel stops it, switches to Blend at 0.5, runs a 1-step round,
+compares, and checks the store afterwards. An injected `<img onerror>` / `<script>` in a
 prompt and a response must show as text and run nothing. Screenshots of each tab go to
 $RLHF_STUDIO_ARTIFACTS (default: test-artifacts/ in the checkout).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -161,19 +163,34 @@ def test_label_train_and_compare_in_the_browser(chromium, studio_url, artifacts)
     page.locator("body").click(position={"x": 5, "y": 5})
     page.keyboard.press("b")  # the pair is back, and its keys work
     _wait_for(lambda: rated() == 4, what="the pair rated again with a key")
+    kind.get_by_label("1-5 harmlessness").check()
+    _wait_for(lambda: page.locator("#rate-4").is_visible(), what="the 1-5 buttons")
+    page.click("#rate-4")
+    _wait_for(lambda: rated() == 5, what="a 1-5 rating")
     kind.get_by_label("Binary (toxic / not toxic)").check()
     _wait_for(lambda: page.locator("#rate-ok").is_visible(), what="back to binary")
 
-    # ---- reward mode Blend 0.5, a 1-step round -----------------------------------------------------------------
+    # ---- a long round shows its phases in a progress bar (not an input), and Cancel stops it --------------------
     page.get_by_role("tab", name="Reward & training").click()
+    page.get_by_role("radio", name="Model").check()
+    page.locator("#steps input").fill("200")
+    page.locator("#batch input").fill("4")
+    page.locator("#n-eval input").fill("4")
+    page.click("#start-round")
+    bar = page.locator("#round-progress")
+    _wait_for(lambda: re.search(r"PPO step \d+/200 · \d+/200 PPO steps · about", bar.inner_text()), timeout=120,
+              what="the step phase with its estimate")  # fmt: skip
+    assert bar.locator("progress").count() == 1 and bar.locator("input").count() == 0
+    page.click("#cancel-round")
+    status = page.locator("#round-status")
+    _wait_for(lambda: "interrupted" in status.inner_text(), timeout=120, what="the cancelled round to stop")
+
+    # ---- reward mode Blend 0.5, a 1-step round -----------------------------------------------------------------
     page.get_by_role("radio", name="Blend").check()
     page.get_by_role("spinbutton", name="number input for Human weight").fill("0.5")
     page.get_by_role("spinbutton", name="number input for Human weight").press("Enter")
     page.locator("#steps input").fill("1")
-    page.locator("#batch input").fill("4")
-    page.locator("#n-eval input").fill("4")
     page.click("#start-round")
-    status = page.locator("#round-status")
     _wait_for(lambda: "done" in status.inner_text(), timeout=120, what="the round to finish")
     page.screenshot(path=str(artifacts / "02-reward-training.png"), full_page=True)
 
@@ -194,16 +211,19 @@ def test_label_train_and_compare_in_the_browser(chromium, studio_url, artifacts)
     # ---- the store ------------------------------------------------------------------------------------------------
     svc = studio.svc
     with svc.Session.begin() as s:
-        assert s.scalar(select(func.count(Rating.id))) == 3
+        assert s.scalar(select(func.count(Rating.id))) == 4
         values = sorted(s.scalars(select(Rating.value)))
         rounds = list(s.scalars(select(TrainingRound)))
-    assert values == [0, 0, 1]  # toxic, not toxic, toxic; the keyboard "not toxic" was undone
+    assert values == [0, 0, 1, 4]  # toxic, not toxic, toxic, 4 of 5; the keyboard "not toxic" was undone
     with svc.Session.begin() as s:
         assert [c.winner for c in s.scalars(select(Comparison))] == ["b"]  # "a" was undone, then "b" by key
-    assert len(rounds) == 1 and rounds[0].status == "done" and rounds[0].reward_mode == "blend"
-    assert rounds[0].reward_weight == pytest.approx(0.5) and len(rounds[0].metrics) == 1
+    cancelled, done = sorted(rounds, key=lambda r: r.id)
+    assert cancelled.status == "interrupted" and cancelled.output_version_id is None
+    assert 0 < len(cancelled.metrics) < 200  # stopped after its current step
+    assert done.status == "done" and done.reward_mode == "blend"
+    assert done.reward_weight == pytest.approx(0.5) and len(done.metrics) == 1
     current = svc.current_version()
-    assert current.id == rounds[0].output_version_id and current.adapter_path
+    assert current.id == done.output_version_id and current.adapter_path
     assert (Path(current.adapter_path) / "adapter_config.json").is_file()
 
 
