@@ -93,7 +93,12 @@ def build_compare_tab(studio) -> CompareTab:
         with gr.Row():
             n_prompts = gr.Number(value=16, label="Held-out prompts", precision=0, minimum=1, elem_id="eval-n")
             b_eval = gr.Button("Evaluate", elem_id="evaluate")
-        table = gr.Dataframe(label="Reference vs policy", interactive=False, elem_id="eval-table")
+        table = gr.Dataframe(
+            pd.DataFrame(columns=["metric", "reference", "policy"]),
+            label="Reference vs policy (press Evaluate)",
+            interactive=False,
+            elem_id="eval-table",
+        )
         summary = gr.Markdown(elem_id="eval-summary")
         chart = gr.BarPlot(x="model", y="mean reward", title="Mean reward on held-out prompts", height=220)
 
