@@ -91,12 +91,12 @@ def test_report_computes_targets_from_the_figures():
     assert "Missed targets" in report
 
 
-def test_ablation_rows_share_one_reference_and_write_a_table(tmp_path, tiny_llama, tiny_classifier, dialogsum_jsonl):
+def test_ablation_rows_share_one_reference_and_write_a_table(tmp_path, tiny_llama, tiny_classifier, chitchat_jsonl):
     from bench.ablation import main as ablation
 
     common = (
         f"--policy.name_or_path {tiny_llama} --policy.lora.target_modules q_proj,v_proj --policy.lora.r 4 "
-        f"--reward.name_or_path {tiny_classifier} --data.source {dialogsum_jsonl} --data.heldout_size 6 "
+        f"--reward.name_or_path {tiny_classifier} --data.source {chitchat_jsonl} --data.heldout_size 6 "
         "--ppo.batch_size 4 --ppo.mini_batch_size 2 --generation.min_new_tokens 3 --generation.max_new_tokens 5 "
         "--eval-judge false"
     )

@@ -200,12 +200,13 @@ def test_start_up_phases_report_their_time_and_once_counting_an_estimate():
     assert StartPhase("generating", 100.0, 2, 8).text(now=110.0) == "generating 2/8 · 10 s · about 30 s left"
 
 
-def test_rating_buttons_work_only_while_something_is_on_screen():
-    for items, enabled in (([_item(1)], True), ([], False)):
+def test_rating_buttons_are_off_only_while_the_app_loads():
+    for items, ready, enabled in (([_item(1)], True, True), ([], True, True), ([], False, False)):
         studio = _studio(items)
+        studio.ready = SimpleNamespace(is_set=lambda ready=ready: ready)
         tab = _label_tab(studio)
         out = label.show_next(
             UserState(), "Ann", "Binary (toxic / not toxic)", False, None, studio=studio, auth=False, tab=tab
         )
         assert [out[b]["interactive"] for b in tab.rating_buttons] == [enabled] * 11  # 2 + 5 + 3 + skip
-        assert tab.undo not in out  # undo stays usable with nothing on screen: it brings an item back
+        assert tab.undo not in out  # undo stays usable: it brings an item back

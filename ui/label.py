@@ -276,7 +276,8 @@ def view(studio, tab: LabelTab, state: UserState, reveal: bool) -> dict:
         tab.pair_row: gr.update(visible=kind == "pairwise"),
         tab.comment: "",  # clear the comment box
         tab.kind: gr.update(value=KIND_LABELS[kind]),  # the selector follows an undo into another kind
-        **{b: gr.update(interactive=not nothing) for b in tab.rating_buttons},  # nothing on screen: nothing to rate
+        # off while the app is still loading; once it is ready they stay on (a click with nothing on screen fetches)
+        **{b: gr.update(interactive=studio.ready.is_set() or not nothing) for b in tab.rating_buttons},
     }
 
 
