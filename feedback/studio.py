@@ -14,7 +14,7 @@ from pathlib import Path
 from db.session import database_url, default_data_dir, make_engine, make_session_factory, upgrade
 from feedback.downloads import Downloads
 from feedback.io import add_prompt_texts
-from feedback.rounds import RoundRunner, RoundSettings
+from feedback.rounds import RoundRunner, RoundSettings, eta_text
 from feedback.service import FeedbackService
 from feedback.types import RoundInfo, VersionInfo
 
@@ -82,7 +82,7 @@ class StartPhase:
         elapsed = now - self.started
         out = self.name + (f" {self.done}/{self.total}" if self.total else "") + f" · {elapsed:.0f} s"
         if self.total and self.done:
-            out += f" · about {elapsed / self.done * (self.total - self.done):.0f} s left"
+            out += " · " + eta_text(elapsed / self.done * (self.total - self.done))
         return out
 
 
