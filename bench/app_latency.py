@@ -40,16 +40,23 @@ CHROMIUM_ARGS = [
 PLACEHOLDERS = ("Nothing left to rate", "Loading:")
 
 
+def _say(t0: float, text: str) -> None:
+    """A progress line on stderr as the run goes (a long run otherwise prints nothing until the end)."""
+    print(f"[{time.monotonic() - t0:7.1f} s] {text}", file=sys.stderr, flush=True)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _wait_http(url: str, deadline: float) -> None:
+def _wait_http(url: str, deadline: float, proc: subprocess.Popen, log: Path) -> None:
     import urllib.request
 
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -58,7 +65,9 @@ def _wait_http(url: str, deadline: float) -> None:
     raise TimeoutError(f"{url} did not answer")
 
 
-def _click_through(page, shown, current, clicks: int, pace: float, until=None) -> tuple[list[float], int, float]:
+def _click_through(
+    page, shown, current, clicks: int, pace: float, until=None, say=None
+) -> tuple[list[float], int, float]:
     """Rate `clicks` items (or until `until()` is true), each `pace` s after it appeared: (click-to-next
     latencies, clicks that met an empty pool, longest wait for an item in seconds)."""
     prompt = page.locator("#prompt textarea")
@@ -89,6 +98,8 @@ def _click_through(page, shown, current, clicks: int, pace: float, until=None) -
         longest = max(longest, latencies[-1]) if waited else longest
         current = now
         n += 1
+        if say is not None and n % 10 == 0:
+            say(f"{n} clicks, last {latencies[-1] * 1000:.0f} ms, slowest {max(latencies) * 1000:.0f} ms")
     return latencies, waited_for_pool, longest
 
 
@@ -107,11 +118,15 @@ def measure(app_args: list[str], clicks: int, pace: float, timeout: float, round
         env.pop("DATABASE_URL", None)  # a fresh SQLite store in the temp data dir
         cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--data-dir", data, *app_args]
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        say = lambda text: _say(t0, text)  # noqa: E731
+        # The app's log goes to a file: a pipe nobody reads fills up and blocks the app mid-run.
+        log = open(Path(data) / "app.log", "w")  # noqa: SIM115
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = t0 + timeout
-            _wait_http(url, deadline)
+            _wait_http(url, deadline, proc, Path(data) / "app.log")
             t_page = time.monotonic() - t0
+            say("page served")
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
                 page = browser.new_page()
@@ -130,17 +145,20 @@ def measure(app_args: list[str], clicks: int, pace: float, timeout: float, round
                     if time.monotonic() > deadline:
                         raise TimeoutError("no rateable item appeared")
                     if proc.poll() is not None:
-                        raise RuntimeError(f"app.py exited: {proc.stderr.read()[-2000:]}")
+                        raise RuntimeError(f"app.py exited: {(Path(data) / 'app.log').read_text()[-2000:]}")
                     current = shown()
                     time.sleep(0.05)
                 t_first = time.monotonic() - t0
-                latencies, waited_for_pool, _ = _click_through(page, shown, current, clicks, pace)
+                say("first rateable item shown")
+                latencies, waited_for_pool, _ = _click_through(page, shown, current, clicks, pace, say=say)
                 during = None
                 if round_steps:
                     current = shown()
                     admin = browser.new_page()
                     admin.goto(url)
                     admin.get_by_role("tab", name="Reward & training").click()
+                    # the page's own load (versions, rounds) first, as a person would see it before clicking
+                    admin.wait_for_function("document.querySelector('#round-status')?.innerText.trim()")
                     admin.locator("#steps input").fill(str(round_steps))
                     admin.click("#start-round")
                     status = admin.locator("#round-status")
@@ -149,10 +167,17 @@ def measure(app_args: list[str], clicks: int, pace: float, timeout: float, round
                         "/running|queued/.test(document.querySelector('#round-status').innerText)", timeout=60_000
                     )
 
-                    def round_over() -> bool:
-                        return not re.search("running|queued", status.inner_text())
+                    say(f"round of {round_steps} steps started")
+                    last_status = [""]
 
-                    lat, waits, longest = _click_through(page, shown, current, 10**6, pace, until=round_over)
+                    def round_over() -> bool:
+                        text = status.inner_text()
+                        if text != last_status[0]:
+                            last_status[0] = text
+                            say("round: " + " ".join(text.split())[:160])
+                        return not re.search("running|queued", text)
+
+                    lat, waits, longest = _click_through(page, shown, current, 10**6, pace, until=round_over, say=say)
                     during = _figures(lat) | {
                         "pool_waits": waits,
                         "longest_wait_s": longest,
@@ -163,6 +188,10 @@ def measure(app_args: list[str], clicks: int, pace: float, timeout: float, round
         finally:
             proc.terminate()
             proc.wait(30)
+            log.close()
+            kept = Path(tempfile.gettempdir()) / "app_latency-app.log"
+            kept.write_text((Path(data) / "app.log").read_text())
+            say(f"the app's log: {kept}")
     return {"page_up_s": t_page, "first_item_s": t_first, **_figures(latencies), "pool_waits": waited_for_pool} | {
         "during_round": during
     }

@@ -109,18 +109,11 @@ def test_the_timer_updates_the_status_and_fetches_no_item_for_a_tab_without_anno
         downloads=SimpleNamespace(sweep=lambda: swept.append(1)),
     )
     with gr.Blocks():
-        status = gr.Markdown()
-    out = tick(
-        UserState(),
-        False,
-        "ann",
-        "Binary (toxic / not toxic)",
-        None,
-        studio=studio,
-        auth=False,
-        tab=None,
-        status=status,
-    )
-    assert list(out) == [status] and swept == [1]
+        status, seen = gr.Markdown(), gr.State()
+    kwargs = dict(studio=studio, auth=False, tab=None, status=status, status_seen=seen)
+    out = tick(UserState(), False, "ann", "Binary (toxic / not toxic)", None, None, **kwargs)
+    assert list(out) == [status, seen] and out[seen] == out[status] and swept == [1]
+    # the same line a moment later is not sent again
+    assert tick(UserState(), False, "ann", "Binary (toxic / not toxic)", out[seen], None, **kwargs) == gr.skip()
     text, seconds = out[status].rsplit(" · ", 1)  # the phase, and how long it has run: 12 s and a bit
     assert text == "Loading: loading the reward model" and 12 <= int(seconds.removesuffix(" s")) < 60

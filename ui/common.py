@@ -28,6 +28,7 @@ class UserState:
     pair: PairItem | None = None
     token: str = ""  # request id of the submit for the item on screen: a double click stores one rating
     skipped_pairs: tuple[tuple[int, int], ...] = ()  # pairs put aside in this tab (binary skips are stored)
+    layout: tuple | None = None  # (kind, reveal, buttons on) as last sent to the page; None before the first view
 
 
 def info(message: str) -> None:

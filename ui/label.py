@@ -41,6 +41,8 @@ SHORTCUTS_HELP = (
 )
 # what each rating button submits: binary 0 toxic / 1 not toxic, the 1-5 scale, a pair's winner
 BINARY_VALUES = {"toxic": 0, "ok": 1}
+# A rating is answered within a fraction of a second: no loading overlay over the item for that long.
+QUICK = {"show_progress": "hidden"}
 PAIR_VALUES = {"a": "a", "b": "b", "tie": "tie"}
 
 
@@ -230,9 +232,9 @@ def _wire(studio, auth: bool, tab: LabelTab) -> None:
         *((tab.pair_buttons[k], v) for k, v in PAIR_VALUES.items()),
     ]
     for btn, value in values:
-        btn.click(bind(rate, value=value, studio=studio, tab=tab), [tab.state, tab.comment, tab.reveal], outputs)
-    tab.skip.click(bind(skip, studio=studio, tab=tab), [tab.state, tab.reveal], outputs)
-    tab.undo.click(bind(undo, studio=studio, tab=tab), [tab.state, tab.reveal], outputs)
+        btn.click(bind(rate, value=value, studio=studio, tab=tab), [tab.state, tab.comment, tab.reveal], outputs, **QUICK)
+    tab.skip.click(bind(skip, studio=studio, tab=tab), [tab.state, tab.reveal], outputs, **QUICK)
+    tab.undo.click(bind(undo, studio=studio, tab=tab), [tab.state, tab.reveal], outputs, **QUICK)
 
 
 # ---- callbacks -------------------------------------------------------------------------------------------------------
@@ -260,24 +262,36 @@ def view(studio, tab: LabelTab, state: UserState, reveal: bool) -> dict:
         progress = progress_text(
             svc.progress(state.annotator_id), svc.current_version().name, state.name, state.role, pairs
         ) + refill_text(refill)
-    single = kind != "pairwise"
-    return {
-        tab.state: state,
+    buttons_on = studio.ready.is_set() or not nothing  # off only while the app is still loading
+    layout = (kind, reveal, buttons_on)
+    out = {
+        tab.state: dataclasses.replace(state, layout=layout),
         tab.prompt: shown.prompt,
         tab.response: shown.response,
         tab.resp_a: shown.a,
         tab.resp_b: shown.b,
-        tab.score: gr.update(value=shown.scores, visible=reveal),
         tab.progress: progress,
+        tab.comment: "",  # clear the comment box
+    }
+    if reveal or layout != state.layout:
+        out[tab.score] = gr.update(value=shown.scores, visible=reveal)
+    if layout != state.layout:  # what the page shows already is not sent again: each update costs a redraw
+        out.update(layout_updates(tab, kind, buttons_on))
+    return out
+
+
+def layout_updates(tab: LabelTab, kind: str, buttons_on: bool) -> dict:
+    """Which boxes and button rows show for `kind`, the selector (it follows an undo into another kind), and
+    whether the rating buttons take clicks."""
+    single = kind != "pairwise"
+    return {
         tab.single_box: gr.update(visible=single),
         tab.pair_box: gr.update(visible=not single),
         tab.binary_row: gr.update(visible=kind == "binary"),
         tab.scale_row: gr.update(visible=kind == "scale"),
         tab.pair_row: gr.update(visible=kind == "pairwise"),
-        tab.comment: "",  # clear the comment box
-        tab.kind: gr.update(value=KIND_LABELS[kind]),  # the selector follows an undo into another kind
-        # off while the app is still loading; once it is ready they stay on (a click with nothing on screen fetches)
-        **{b: gr.update(interactive=studio.ready.is_set() or not nothing) for b in tab.rating_buttons},
+        tab.kind: gr.update(value=KIND_LABELS[kind]),
+        **{b: gr.update(interactive=buttons_on) for b in tab.rating_buttons},
     }
 
 

@@ -47,17 +47,32 @@ def studio_status(studio) -> str:
     )
 
 
-def tick(st: UserState, rev: bool, who_name: str, kind_label: str, request: gr.Request, *, studio, auth, tab, status):
-    """Every second: the start-up status, and (while a tab has nothing to rate) a first item as soon as the pool
-    has one, or what the app is doing until then."""
+def tick(
+    st: UserState,
+    rev: bool,
+    who_name: str,
+    kind_label: str,
+    shown_status: str | None,
+    request: gr.Request,
+    *,
+    studio,
+    auth,
+    tab,
+    status,
+    status_seen,
+):
+    """Every second: the start-up status when it changed (an unchanged line is not sent: each update costs the
+    browser a redraw), and (while a tab has nothing to rate) a first item as soon as the pool has one, or what
+    the app is doing until then."""
     studio.downloads.sweep()  # expired export files go even when nobody exports again
-    out = {status: studio_status(studio)}
+    text = studio_status(studio)
+    out = {status: text, status_seen: text} if text != shown_status else {}
     # nothing on screen: show the first item as soon as there is one, and until then what start-up is doing
     if st.annotator_id is not None and st.item is None and st.pair is None:
         shown = show_next(st, who_name, kind_label, rev, request, studio=studio, auth=auth, tab=tab)
         if shown != gr.skip():
             out.update(shown)
-    return out
+    return out or gr.skip()
 
 
 def on_load(*, studio, training, compare, data) -> dict:
@@ -112,6 +127,12 @@ def build_demo(studio, auth: bool = False) -> gr.Blocks:
                 data.counts,
                 data.agreement,
             ],
+        ).then(
+            # what the load drew may be older than a round started meanwhile: the round timer redraws next tick
+            lambda: None,
+            None,
+            round_seen,
+            show_progress="hidden",
         )
         training.history.change(bind(version_updates, studio=studio, dropdowns=dropdowns), None, dropdowns)
         # a new version: new items to preview
@@ -128,9 +149,10 @@ def _wire_label_timers(demo: gr.Blocks, studio, auth: bool, label: LabelTab, sta
     demo.load(restore_name, [label.saved_name], [label.name]).then(
         bind(show_next, studio=studio, auth=auth, tab=label), label.who_inputs, label.outputs
     )
+    status_seen = gr.State(None)  # the status line as last sent to this page
     timer.tick(
-        bind(tick, studio=studio, auth=auth, tab=label, status=status),
-        [label.state, label.reveal, label.name, label.kind],
-        [status, *label.outputs],
+        bind(tick, studio=studio, auth=auth, tab=label, status=status, status_seen=status_seen),
+        [label.state, label.reveal, label.name, label.kind, status_seen],
+        [status, status_seen, *label.outputs],
         show_progress="hidden",  # a once-a-second poll: no "queue 1/1" flicker over the page
     )
