@@ -234,10 +234,7 @@ def _chitchat() -> tuple[tuple[str, Turns], ...]:
     """Conversations as (id, turns); a turn is one of the dataset's same-sender message groups joined by spaces."""
     import json
 
-    import chitchat_dataset as ccc
-
-    path = Path(getattr(ccc, "_PATH", Path(ccc.__file__).parent / "dataset.json"))
-    with open(path, encoding="utf-8") as f:
+    with open(_chitchat_path(), encoding="utf-8") as f:
         data = json.load(f)
     convs = []
     for conv_id, conv in data.items():
@@ -270,9 +267,38 @@ def format_dialogue(turns: Sequence[tuple[str, str]]) -> str:
     return "\n".join(f"{names[speaker]}: {text}" for speaker, text in turns)
 
 
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _chitchat_path() -> Path:
+    import chitchat_dataset as ccc
+
+    return Path(getattr(ccc, "_PATH", Path(ccc.__file__).parent / "dataset.json"))
+
+
 @functools.lru_cache(maxsize=1)
 def _default_turn_scores() -> tuple[tuple[float, ...], ...]:
-    return _score_turns(profanity_probabilities)
+    """Every chitchat turn scored by profanity-check (about 9 s on 2 cores), kept in the cache dir: both inputs are
+    files of installed packages, so the file is named after their sizes and times and goes stale with them."""
+    import hashlib
+    import json
+
+    spec = importlib.util.find_spec("profanity_check")
+    model_files = sorted(Path(spec.origin).parent.glob("data/*")) if spec and spec.origin else []
+    key = "|".join(_file_key(p) for p in [_chitchat_path(), *model_files])
+    path = default_cache_dir() / f"chitchat-turn-scores-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    try:
+        return tuple(tuple(turns) for turns in json.loads(path.read_text()))
+    except (OSError, ValueError):
+        pass  # not there yet (or damaged): score and write it
+    scores = _score_turns(profanity_probabilities)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(scores))
+    os.replace(tmp, path)
+    return scores
 
 
 def _score_turns(score_fn: ScoreFn) -> tuple[tuple[float, ...], ...]:

@@ -44,6 +44,23 @@ def test_chitchat_prompts_contain_offensive_language():
     assert all(p["dialogue"].startswith("#Person1#: ") for p in prompts)
 
 
+def test_chitchat_turn_scores_are_kept_in_the_cache_and_read_back_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHF_STUDIO_CACHE", str(tmp_path))
+    offline._default_turn_scores.cache_clear()
+    try:
+        scored = offline._default_turn_scores()
+        (kept,) = tmp_path.glob("chitchat-turn-scores-*.json")
+        assert scored == offline._score_turns(offline.profanity_probabilities)  # what scoring gives, exactly
+        offline._default_turn_scores.cache_clear()
+        kept.write_text(json.dumps([[0.25] * len(t) for t in scored]))  # a planted file proves it is read
+        assert offline._default_turn_scores()[0][0] == 0.25
+        kept.write_text("{damaged")
+        offline._default_turn_scores.cache_clear()
+        assert offline._default_turn_scores() == scored  # a damaged file is scored again and rewritten
+    finally:
+        offline._default_turn_scores.cache_clear()
+
+
 @pytest.mark.slow
 def test_offline_default_end_to_end(tmp_path):
     """Load the embedded default, 2 PPO steps at batch 4, evaluate on 4 held-out prompts, save, reload."""
