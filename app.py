@@ -13,6 +13,10 @@ import os
 import sys
 from pathlib import Path
 
+# Idle OpenMP threads sleep instead of spinning: the app runs a pool refill, a round and the web server side by
+# side, and spinning threads take the cores the others need (set before torch is imported; yours wins).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from fastapi import Request
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.routing import APIRoute

@@ -9,12 +9,49 @@ SQLAlchemy's, for the database connection.)
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from feedback.types import NewGeneration, PPOSample, PromptRef, VersionInfo
+
+
+@functools.cache
+def default_threads() -> int:
+    """Torch's intra-op threads as the process started (the cores it may use)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def split_threads(total: int) -> tuple[int, int]:
+    """(round, pool) threads when a round trains beside a pool refill: half each, at least one.
+
+    >>> split_threads(2), split_threads(16), split_threads(1)
+    ((1, 1), (8, 8), (1, 1))
+    """
+    pool = max(1, total // 2)
+    return max(1, total - pool), pool
+
+
+@contextmanager
+def cpu_threads(n: int | None):
+    """Torch's intra-op threads for this Python thread only (OpenMP keeps the setting per thread), restored after.
+    Two threads that both run torch with every core each oversubscribe the CPU: on 2 cores a round and a pool
+    refill side by side were each slower than one after the other."""
+    import torch
+
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class PolicyGenerator:
@@ -26,14 +63,25 @@ class PolicyGenerator:
         cfg: the run config (prompt template, chat template, generation settings).
         version_id: the policy version `policy` holds; the pool only refills for the current one.
         lock: held while generating, shared with training (None: no lock).
+        share: the CPU threads this generator may use now (None: torch's default); read at each call, so a
+            round that trains beside it can take its half of the cores.
     """
 
-    def __init__(self, policy, scorer, cfg, version_id: int, lock: threading.Lock | None = None):
+    def __init__(
+        self,
+        policy,
+        scorer,
+        cfg,
+        version_id: int,
+        lock: threading.Lock | None = None,
+        share: Callable[[], int | None] | None = None,
+    ):
         self.policy = policy
         self.scorer = scorer
         self.cfg = cfg
         self.version_id = version_id
         self.lock = lock
+        self.share = share
 
     def generate(self, prompts: Sequence[PromptRef]) -> list[NewGeneration]:
         from rlhf.ppo import rollout
@@ -49,7 +97,8 @@ class PolicyGenerator:
         if not kept:
             return []
         queries = [ids for _, ids in kept]
-        with self.lock or nullcontext():
+        threads = self.share() if self.share is not None else None
+        with self.lock or nullcontext(), cpu_threads(threads):
             sampled = rollout(self.policy, queries, cfg.generation)
         responses, logprobs = sampled.responses, [lp.tolist() for lp in sampled.logprobs]
         texts = [t.strip() for t in tok.batch_decode(responses, skip_special_tokens=True)]
@@ -132,11 +181,13 @@ class StudioModel:
         self._base_adapter = {k: v.detach().clone() for k, v in get_peft_model_state_dict(policy.model).items()}
         self._base_value_head = {k: v.detach().clone() for k, v in policy.value_head.state_dict().items()}
         self.generator = PolicyGenerator(policy, scorer, cfg, version_id, self.lock)
+        # set while a round computes (not while it waits for the pool): the pool copy then takes half the cores
+        self.training = threading.Event()
         # What fills the pool: an inference-only copy holding the current version, with its own lock, so items
         # keep coming while a round trains the policy (memory: one more copy of the model); or, without the copy,
         # the training policy itself, which then waits for the round.
         self.pool_generator = (
-            PolicyGenerator(copy.deepcopy(policy), scorer, cfg, version_id, threading.RLock())
+            PolicyGenerator(copy.deepcopy(policy), scorer, cfg, version_id, threading.RLock(), share=self._pool_threads)
             if pool_copy
             else self.generator
         )
@@ -144,6 +195,22 @@ class StudioModel:
         self._reference_samples: dict[tuple, list] = {}  # see evaluate
         self._judge = None  # the second toxicity judge, loaded at the first evaluation (see judge)
         self._judge_loaded = False
+
+    def _pool_threads(self) -> int | None:
+        return split_threads(default_threads())[1] if self.training.is_set() else None
+
+    @contextmanager
+    def computing(self):
+        """A round's heavy work: with the pool copy refilling beside it, each takes half the cores."""
+        if self.pool_generator is self.generator:  # no copy: nothing runs beside the round
+            yield
+            return
+        self.training.set()
+        try:
+            with cpu_threads(split_threads(default_threads())[0]):
+                yield
+        finally:
+            self.training.clear()
 
     @classmethod
     def load(cls, cfg, version_id: int, log=print, pool_copy: bool = True) -> StudioModel:

@@ -32,6 +32,8 @@ from feedback.types import PPOSample, PromptRef, RoundInfo
 
 log = logging.getLogger(__name__)
 
+GIVE_WAY_S = 120.0  # the longest a round waits for the pool before each phase (see RoundRunner._give_way)
+
 
 @dataclass(frozen=True)
 class RoundSettings:
@@ -162,6 +164,28 @@ class RoundRunner:
         self._phase = RoundPhase(name, done, total, eta_s)
         log.info("round %s: %s (%s/%s steps) %s", self.round_id, name, done, total, eta_text(eta_s))
 
+    def _give_way(self, done: int, total: int, eta_s: float | None) -> None:
+        """Labeling first: before each phase, while fewer than half the pool's items are left to rate, wait (at most
+        GIVE_WAY_S) for a refill, which then has every core. A round takes longer; nobody runs out of items."""
+        svc, model = self.svc, self.model
+        if model.pool_generator is model.generator:
+            return  # no inference copy: the refill needs the policy this round holds
+        deadline = time.monotonic() + GIVE_WAY_S
+        while not self._cancel.is_set() and time.monotonic() < deadline:
+            left = svc.unrated_count()
+            if left >= max(1, svc.low_water // 2):
+                return
+            self._enter(f"waiting for the pool refill ({left} items left to rate)", done, total, eta_s)
+            refill = svc.refill_in_background()
+            if refill is None:
+                if not svc.refilling:
+                    return  # nothing can refill
+                time.sleep(0.2)  # a refill started by a rating: wait for it
+                continue
+            refill.join(max(0.0, deadline - time.monotonic()))
+            if svc.unrated_count() <= left:
+                return  # the refill added nothing (no prompts left, or it failed): no point waiting
+
     def wait(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
@@ -180,27 +204,34 @@ class RoundRunner:
             n = settings.steps
             with model.lock:
                 model.use_version(input_version.id, input_version.adapter_path)
+                self._give_way(0, n, None)
                 self._enter("evaluating the input version", 0, n, None)
                 t0 = time.monotonic()
-                before = model.evaluate(heldout) if heldout else None
+                with model.computing():
+                    before = model.evaluate(heldout) if heldout else None
                 eval_s = time.monotonic() - t0
                 trainer = PPOTrainer(model.policy, ppo, model.cfg.generation.temperature, seed=info.id)
                 batches = self._batches(settings, ppo.batch_size, info.id)
-                t0 = time.monotonic()
+                step_s: list[float] = []  # time each step computed (waits for the pool left out)
                 for step in range(n):
                     if self._cancel.is_set():
                         raise _Cancelled
-                    per_step = (time.monotonic() - t0) / step if step else None
-                    eta = None if per_step is None else per_step * (n - step) + eval_s
+                    eta = None if step == 0 else sum(step_s) / step * (n - step) + eval_s
+                    self._give_way(step, n, eta)
                     self._enter(f"PPO step {step + 1}/{n}", step, n, eta)
-                    stats = step_on_samples(trainer, next(batches))
+                    t0 = time.monotonic()
+                    with model.computing():
+                        stats = step_on_samples(trainer, next(batches))
+                    step_s.append(time.monotonic() - t0)
                     metrics.append({k: float(v) for k, v in stats.items()})
                     svc.update_round(info.id, metrics=list(metrics))
                     log.info("round %s step %s/%s: reward %.4f", info.id, step + 1, n, stats["env/reward_mean"])
                 if self._cancel.is_set():
                     raise _Cancelled
+                self._give_way(n, n, eval_s)
                 self._enter("evaluating the new version", n, n, eval_s)
-                after = model.evaluate(heldout) if heldout else None
+                with model.computing():
+                    after = model.evaluate(heldout) if heldout else None
                 self._enter("saving the new version", n, n, None)
                 evaluation = _summary(before, after)
                 number = len(svc.versions())

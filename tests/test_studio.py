@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import doctest
+import threading
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -302,8 +305,13 @@ def test_a_round_reports_its_phases_with_an_estimate(studio, monkeypatch):
 
 def test_rounds_doctests():
     """`fit_mini_batch` and `mini_batch_note`: the size a round uses when the config's does not divide the batch,
-    and what it says about it."""
+    and what it says about it; `split_threads`, the cores a round and a pool refill side by side each take."""
+    import feedback.model
+    import feedback.pool
+
     assert doctest.testmod(feedback.rounds).failed == 0
+    assert doctest.testmod(feedback.model).failed == 0
+    assert doctest.testmod(feedback.pool).failed == 0  # chunk_sizes: small chunks first when the pool runs dry
 
 
 def test_labeling_starts_after_the_first_items_and_the_pool_fills_behind_it(tiny_studio_options):
@@ -324,3 +332,86 @@ def test_labeling_starts_after_the_first_items_and_the_pool_fills_behind_it(tiny
         assert s.svc.unrated_count() == 2 + 8
     finally:
         s.db_engine.dispose()
+
+
+# ---- a round gives way to labeling ----------------------------------------------------------------------------
+class _Pool:
+    """The pool side of FeedbackService as the round sees it: a count of unrated items and a refill thread."""
+
+    def __init__(self, left: int, adds: int, low_water: int = 8):
+        self.left, self.adds, self.low_water, self.refills = left, adds, low_water, 0
+        self._busy = threading.Event()
+
+    def unrated_count(self) -> int:
+        return self.left
+
+    @property
+    def refilling(self) -> bool:
+        return self._busy.is_set()
+
+    def refill_in_background(self):
+        if self._busy.is_set():
+            return None
+        self.refills += 1
+        self._busy.set()
+
+        def work():
+            time.sleep(0.1)
+            self.left += self.adds
+            self._busy.clear()
+
+        t = threading.Thread(target=work)
+        t.start()
+        return t
+
+
+def _runner(pool, tmp_path, copy=True):
+    from feedback.rounds import RoundRunner
+
+    gen = object()
+    model = SimpleNamespace(generator=gen, pool_generator=object() if copy else gen)
+    return RoundRunner(pool, model, tmp_path)
+
+
+def test_a_round_waits_for_a_refill_while_fewer_than_half_the_pool_is_left(tmp_path):
+    pool = _Pool(left=2, adds=8)
+    runner = _runner(pool, tmp_path)
+    runner._give_way(1, 4, 30.0)
+    assert pool.refills == 1 and pool.left == 10
+    assert runner._phase.name == "waiting for the pool refill (2 items left to rate)"
+    assert (runner._phase.done, runner._phase.total) == (1, 4)
+    pool = _Pool(left=4, adds=8)  # half the pool is left: the round goes on at once
+    _runner(pool, tmp_path)._give_way(0, 4, None)
+    assert pool.refills == 0
+
+
+def test_a_round_does_not_wait_for_a_refill_that_adds_nothing_or_cannot_run(tmp_path):
+    pool = _Pool(left=0, adds=0)  # no prompts left to answer
+    t0 = time.monotonic()
+    _runner(pool, tmp_path)._give_way(0, 4, None)
+    assert pool.refills == 1 and time.monotonic() - t0 < 5
+    pool = _Pool(left=0, adds=8)  # without the inference copy the refill needs the round's policy
+    _runner(pool, tmp_path, copy=False)._give_way(0, 4, None)
+    assert pool.refills == 0
+
+
+def test_cpu_threads_is_per_python_thread_and_restored():
+    from feedback.model import cpu_threads
+
+    before = torch.get_num_threads()
+    inside, hold, release = [], threading.Event(), threading.Event()
+
+    def worker():
+        with cpu_threads(1):
+            inside.append(torch.get_num_threads())
+            hold.set()
+            release.wait(10)
+        inside.append(torch.get_num_threads())
+
+    t = threading.Thread(target=worker)
+    t.start()
+    hold.wait(10)
+    assert torch.get_num_threads() == before  # the worker's setting is its own
+    release.set()
+    t.join()
+    assert inside == [1, before]
