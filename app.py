@@ -22,10 +22,8 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 
 from feedback.studio import Studio, StudioOptions
-from ui.label import SHORTCUTS_JS
-from ui.page import build_demo
 
-__all__ = ["add_users", "build_demo", "export_route", "launch", "main", "options_from", "parse_args"]
+__all__ = ["add_users", "export_route", "launch", "main", "options_from", "parse_args"]
 
 
 # ---- command line -----------------------------------------------------------------------------------------------
@@ -147,6 +145,10 @@ def export_route(studio: Studio) -> APIRoute:
 
 
 def launch(studio: Studio, host: str, port: int, auth: bool, **kwargs):
+    # Gradio is imported here, after `studio.start()`: the models load while it imports (seconds on 2 cores)
+    from ui.label import SHORTCUTS_JS
+    from ui.page import build_demo
+
     demo = build_demo(studio, auth=auth)
     demo.queue(default_concurrency_limit=16)
     login = (lambda user, password: studio.svc.check_login(user, password) is not None) if auth else None

@@ -99,7 +99,11 @@ def _click_through(
         current = now
         n += 1
         if say is not None and n % 10 == 0:
-            say(f"{n} clicks, last {latencies[-1] * 1000:.0f} ms, slowest {max(latencies) * 1000:.0f} ms")
+            f = _figures(latencies)
+            say(
+                f"{n} clicks: p50 {f['p50_ms']:.0f} ms, p95 {f['p95_ms']:.0f} ms, slowest {f['max_ms']:.0f} ms, "
+                f"{waited_for_pool} met an empty pool"
+            )
     return latencies, waited_for_pool, longest
 
 
@@ -158,7 +162,8 @@ def measure(app_args: list[str], clicks: int, pace: float, timeout: float, round
                     admin.goto(url)
                     admin.get_by_role("tab", name="Reward & training").click()
                     # the page's own load (versions, rounds) first, as a person would see it before clicking
-                    admin.wait_for_function("document.querySelector('#round-status')?.innerText.trim()")
+                    admin.locator("#start-round").wait_for(state="visible")
+                    admin.wait_for_timeout(3000)
                     admin.locator("#steps input").fill(str(round_steps))
                     admin.click("#start-round")
                     status = admin.locator("#round-status")

@@ -22,13 +22,13 @@ REFILL_CHUNK = 8  # prompts answered per generation call of a refill; each chunk
 
 def chunk_sizes(n: int, left: int, chunk: int = REFILL_CHUNK) -> list[int]:
     """How a refill of `n` prompts is cut into generation calls when `left` items are still unrated: chunks of
-    `chunk`, except that a pool about to run dry starts with small chunks (2, then doubling), so the next item
+    `chunk`, except that a pool with less than a chunk left starts with small chunks (2, then doubling), so the next item
     comes in seconds rather than after a whole chunk (a batch of 8 takes SmolLM2 about 15 s on 2 cores).
 
-    >>> chunk_sizes(16, 10), chunk_sizes(16, 1), chunk_sizes(5, 0)
+    >>> chunk_sizes(16, 8), chunk_sizes(16, 4), chunk_sizes(5, 0)
     ([8, 8], [2, 4, 8, 2], [2, 3])
     """
-    sizes, size = [], chunk if left >= chunk // 2 else min(2, chunk)
+    sizes, size = [], chunk if left >= chunk else min(2, chunk)
     while n > 0:
         sizes.append(min(size, n))
         n -= sizes[-1]
