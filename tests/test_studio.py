@@ -11,6 +11,8 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
+import feedback.model
+import feedback.pool
 import feedback.rounds
 from db.models import Rating
 from feedback.rounds import RoundSettings
@@ -306,9 +308,6 @@ def test_a_round_reports_its_phases_with_an_estimate(studio, monkeypatch):
 def test_rounds_doctests():
     """`fit_mini_batch` and `mini_batch_note`: the size a round uses when the config's does not divide the batch,
     and what it says about it; `split_threads`, the cores a round and a pool refill side by side each take."""
-    import feedback.model
-    import feedback.pool
-
     assert doctest.testmod(feedback.rounds).failed == 0
     assert doctest.testmod(feedback.model).failed == 0
     assert doctest.testmod(feedback.pool).failed == 0  # chunk_sizes: small chunks first when the pool runs dry
