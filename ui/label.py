@@ -232,7 +232,9 @@ def _wire(studio, auth: bool, tab: LabelTab) -> None:
         *((tab.pair_buttons[k], v) for k, v in PAIR_VALUES.items()),
     ]
     for btn, value in values:
-        btn.click(bind(rate, value=value, studio=studio, tab=tab), [tab.state, tab.comment, tab.reveal], outputs, **QUICK)
+        btn.click(
+            bind(rate, value=value, studio=studio, tab=tab), [tab.state, tab.comment, tab.reveal], outputs, **QUICK
+        )
     tab.skip.click(bind(skip, studio=studio, tab=tab), [tab.state, tab.reveal], outputs, **QUICK)
     tab.undo.click(bind(undo, studio=studio, tab=tab), [tab.state, tab.reveal], outputs, **QUICK)
 
