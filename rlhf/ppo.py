@@ -142,9 +142,36 @@ def rollout(
 
 
 # torch's random generators are global to the process. Threads that sample at once (the app's pool refill beside a
-# round's evaluation) take this lock for each generation call; a seeded call swaps its own stream in for the call
-# and out again, so its draws never depend on what other threads sampled in between.
+# round's evaluation) take this lock for each draw (one token of a batch): a seeded call swaps its own stream in for
+# the draw and out again, so its draws never depend on what other threads sampled in between, and the forward
+# passes of two threads still run side by side (a lock around whole generation calls made them take turns).
 SAMPLING = threading.RLock()
+_DRAWING = threading.local()  # .draw: the draw context of the generation call this thread is in (see _multinomial)
+_torch_multinomial = torch.multinomial
+
+
+def _multinomial(*args, **kwargs):
+    """`torch.multinomial`, as transformers' sampling calls it, one draw at a time under `SAMPLING`: inside one of
+    our generation calls from that call's stream, elsewhere from the global one."""
+    if kwargs.get("generator") is not None:
+        return _torch_multinomial(*args, **kwargs)
+    draw = getattr(_DRAWING, "draw", None)
+    with draw() if draw is not None else SAMPLING:
+        return _torch_multinomial(*args, **kwargs)
+
+
+torch.multinomial = _multinomial  # installed once, for the whole process: every caller's draws become atomic
+
+
+@contextlib.contextmanager
+def _drawing(draw: Callable[[], contextlib.AbstractContextManager]) -> Iterator[None]:
+    """Route this thread's draws through `draw` for one generation call."""
+    outer = getattr(_DRAWING, "draw", None)
+    _DRAWING.draw = draw
+    try:
+        yield
+    finally:
+        _DRAWING.draw = outer
 
 
 def _rng_state() -> tuple:
@@ -159,8 +186,8 @@ def _set_rng_state(state: tuple) -> None:
 
 @contextlib.contextmanager
 def _stream(seed: int | None) -> Iterator[Callable[[], contextlib.AbstractContextManager]]:
-    """`with _stream(seed) as draw:`, then `with draw():` around each generation call. Unseeded: the global stream,
-    under the lock. Seeded: a private stream that starts where `torch.manual_seed(seed)` would and carries on from
+    """`with _stream(seed) as draw:`, then `with draw():` around each draw (see `_multinomial`). Unseeded: the
+    global stream, under the lock. Seeded: a private stream that starts where `torch.manual_seed(seed)` would and carries on from
     call to call, swapped in and out under the lock."""
     if seed is None:
         yield lambda: SAMPLING
@@ -237,7 +264,7 @@ def _generate_chunk(policy: Policy, chunk, hf_gen, eos, with_stats: bool, out: R
     side = "right" if policy.is_encoder_decoder else "left"
     ids = pad(chunk, padding_value=policy.pad_token_id, padding_side=side)
     mask = pad([torch.ones_like(q) for q in chunk], padding_value=0, padding_side=side)
-    with draw(), _sampling_settings_only(policy, hf_gen):
+    with _drawing(draw), _sampling_settings_only(policy, hf_gen):
         result = policy.model.generate(input_ids=ids, attention_mask=mask, generation_config=hf_gen)
     seqs = result.sequences if with_stats else result
     seqs = seqs[:, 1:] if policy.is_encoder_decoder else seqs[:, ids.shape[1] :]
