@@ -48,7 +48,7 @@ def test_quick_smallest_case_measures_a_real_step(tmp_path, monkeypatch):
 
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     assert results["complete"]
-    assert not (tmp_path / "cache").exists()  # no trl venv was created
+    assert not (tmp_path / "cache" / "bench").exists()  # no trl venv was created
     ours = results["step"]["tiny-t5"]["ours"]
     assert set(results["step"]["tiny-t5"]) == {"ours"}
     assert len(ours["times"]) == 2

