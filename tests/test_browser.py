@@ -172,6 +172,9 @@ def test_label_train_and_compare_in_the_browser(chromium, studio_url, artifacts)
 
     # ---- a long round shows its phases in a progress bar (not an input), and Cancel stops it --------------------
     page.get_by_role("tab", name="Reward & training").click()
+    # the items rated on the Label tab since the page loaded are in the reward preview as soon as the tab opens
+    grid = page.locator("#preview [role=grid]")
+    _wait_for(lambda: int(grid.get_attribute("aria-rowcount") or 0) - 1 >= 3, what="the rated items in the preview")
     page.get_by_role("radio", name="Model").check()
     page.locator("#steps input").fill("200")
     page.locator("#batch input").fill("4")

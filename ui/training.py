@@ -120,12 +120,12 @@ class TrainingTab:
 
 def build_training_tab(studio, state: gr.State) -> TrainingTab:
     defaults = studio.round_defaults()
-    with gr.Tab("Reward & training", id="train"):
+    with gr.Tab("Reward & training", id="train") as tab_page:
         with gr.Row():
             mode = gr.Radio(list(MODES), value="Model", label="Reward mode", elem_id="mode")
             weight = gr.Slider(0, 1, value=0.5, step=0.05, label="Human weight (Blend)", elem_id="weight")
         preview_table = gr.Dataframe(
-            label="Labeled items and the reward they would get", interactive=False, max_height=300
+            label="Labeled items and the reward they would get", interactive=False, max_height=300, elem_id="preview"
         )
         hist = gr.BarPlot(x="reward", y="items", title="Reward histogram (labeled items)", height=220)
         with gr.Row():
@@ -162,6 +162,8 @@ def build_training_tab(studio, state: gr.State) -> TrainingTab:
     on_preview = bind(preview, studio=studio, tab=tab)
     tab.mode.change(on_preview, [tab.mode, tab.weight], [tab.preview_table, tab.histogram])
     tab.weight.change(on_preview, [tab.mode, tab.weight], [tab.preview_table, tab.histogram])  # mouse and keys
+    # ratings arrive while the page is open: opening the tab shows the items rated since it was last drawn
+    tab_page.select(on_preview, [tab.mode, tab.weight], [tab.preview_table, tab.histogram])
     tab.start.click(
         bind(start_round, studio=studio, tab=tab, mini_batch_size=defaults.mini_batch_size),
         [state, tab.mode, tab.weight, tab.steps, tab.batch, tab.lr, tab.kl, tab.n_eval],
