@@ -15,11 +15,11 @@ from ui.common import bind, link_markdown, version_choices, version_id
 from ui.label import SHORTCUTS_JS
 from ui.page import build_demo, status_text
 
-# every elem_id of the page before it was split into tabs (the browser test and the shortcuts use them)
+# every elem_id of the page (the browser test and the shortcuts use them), each kept when the page was split into tabs
 PAGE_IDS = {
     "status", "name", "kind", "prompt", "response", "response-a", "response-b", "reveal", "score", "comment",
     "rate-toxic", "rate-ok", "rate-1", "rate-2", "rate-3", "rate-4", "rate-5", "pick-a", "pick-b", "pick-tie",
-    "skip", "undo", "progress", "mode", "weight", "steps", "batch", "lr", "kl", "n-eval", "start-round",
+    "skip", "undo", "progress", "mode", "weight", "preview", "steps", "batch", "lr", "kl", "n-eval", "start-round",
     "cancel-round", "round-status", "round-progress", "history", "version-pick", "rollback", "cmp-version",
     "heldout-pick", "cmp-prompt", "cmp-generate", "ref-out", "ref-score", "pol-out", "pol-score", "eval-n",
     "evaluate", "eval-table", "eval-summary", "upload", "text-col", "import", "import-result", "export",
