@@ -51,12 +51,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _check_alive(proc: subprocess.Popen, log: Path) -> None:
+    if proc.poll() is not None:
+        raise RuntimeError(f"app.py exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+
+
 def _wait_http(url: str, deadline: float, proc: subprocess.Popen, log: Path) -> None:
     import urllib.request
 
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        _check_alive(proc, log)
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -124,11 +128,12 @@ def measure(app_args: list[str], clicks: int, pace: float, timeout: float, round
         t0 = time.monotonic()
         say = lambda text: _say(t0, text)  # noqa: E731
         # The app's log goes to a file: a pipe nobody reads fills up and blocks the app mid-run.
-        log = open(Path(data) / "app.log", "w")  # noqa: SIM115
+        log_path = Path(data) / "app.log"
+        log = open(log_path, "w")  # noqa: SIM115
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = t0 + timeout
-            _wait_http(url, deadline, proc, Path(data) / "app.log")
+            _wait_http(url, deadline, proc, log_path)
             t_page = time.monotonic() - t0
             say("page served")
             with sync_playwright() as p:
@@ -148,8 +153,7 @@ def measure(app_args: list[str], clicks: int, pace: float, timeout: float, round
                 while current is None:
                     if time.monotonic() > deadline:
                         raise TimeoutError("no rateable item appeared")
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"app.py exited: {(Path(data) / 'app.log').read_text()[-2000:]}")
+                    _check_alive(proc, log_path)
                     current = shown()
                     time.sleep(0.05)
                 t_first = time.monotonic() - t0
@@ -195,7 +199,7 @@ def measure(app_args: list[str], clicks: int, pace: float, timeout: float, round
             proc.wait(30)
             log.close()
             kept = Path(tempfile.gettempdir()) / "app_latency-app.log"
-            kept.write_text((Path(data) / "app.log").read_text())
+            kept.write_text(log_path.read_text())
             say(f"the app's log: {kept}")
     return {"page_up_s": t_page, "first_item_s": t_first, **_figures(latencies), "pool_waits": waited_for_pool} | {
         "during_round": during
