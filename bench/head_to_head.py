@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--answers", type=Path, default=None, help="answers folder (reuse an ablation's reference)")
     p.add_argument("--workdir", type=Path, default=Path("runs/head-to-head-work"))
     p.add_argument("--trl-venv", type=Path, default=None)
+    p.add_argument("--common", default="", metavar="OPTIONS", help="options for both sides and the reference")
     args = p.parse_args(argv)
 
     from rlhf.offline import ensure_smollm2
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     common = [
         "--seeds", args.seeds, "--steps", str(args.steps), "--out", str(args.out),
         "--eval-prompts", str(args.eval_prompts), "--eval-answers", str(args.eval_answers),
+        "--common", args.common,
     ]  # fmt: skip
     if args.answers is not None:
         common += ["--answers", str(args.answers)]

@@ -10,6 +10,9 @@ SQLAlchemy's, for the database connection.)
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -52,6 +55,27 @@ def cpu_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+ROUND_NICE = 19  # a round's CPU priority below the labeling side's (the highest nice: it runs on what is left)
+
+
+def lower_priority(nice: int = ROUND_NICE) -> int | None:
+    """Give the calling thread a lower CPU priority (a higher nice), and return its nice value now.
+
+    Linux keeps the nice value per thread, and the threads this one starts afterwards (torch's OpenMP workers
+    among them) inherit it, so a round's training and evaluation yield the cores to the threads that answer
+    labelers and refill the pool whenever those have work, and use every core when they do not. None where the
+    platform has no per-thread priority, or when it cannot be set; nothing else changes then."""
+    if sys.platform != "linux":
+        return None
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except OSError as err:
+        logging.getLogger(__name__).warning("could not lower the round's CPU priority: %s", err)
+        return None
 
 
 class PolicyGenerator:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from db.models import utcnow
-from feedback.model import StudioModel, sample_batches, step_on_samples
+from feedback.model import StudioModel, lower_priority, sample_batches, step_on_samples
 from feedback.service import FeedbackService
 from feedback.types import PPOSample, PromptRef, RoundInfo
 
@@ -195,6 +195,7 @@ class RoundRunner:
         from rlhf.ppo import PPOTrainer
 
         svc, model = self.svc, self.model
+        lower_priority()  # labeling first: the round runs on the CPU the labelers and the refill leave
         input_version = svc.version(info.input_version_id)
         metrics: list[dict] = []
         staging = None

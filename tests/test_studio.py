@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import doctest
+import os
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -420,3 +422,30 @@ def test_cpu_threads_is_per_python_thread_and_restored():
     release.set()
     t.join()
     assert inside == [1, before]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_lower_priority_is_per_thread_and_inherited_by_the_threads_it_starts():
+    from feedback.model import lower_priority
+
+    def nice(tid=0):
+        return os.getpriority(os.PRIO_PROCESS, tid)
+
+    main = nice()
+    seen = {}
+
+    def child():
+        seen["child"] = nice(threading.get_native_id())
+
+    def round_thread():
+        seen["returned"] = lower_priority(5)
+        seen["self"] = nice(threading.get_native_id())
+        t = threading.Thread(target=child)
+        t.start()
+        t.join()
+
+    t = threading.Thread(target=round_thread)
+    t.start()
+    t.join()
+    assert seen == {"returned": min(19, main + 5), "self": min(19, main + 5), "child": min(19, main + 5)}
+    assert nice() == main  # the process and its other threads keep theirs
