@@ -67,6 +67,46 @@ def _row_text(r: dict) -> str:
     )
 
 
+def pooled(results: list[dict], seeds: list[int]) -> list[str]:
+    """Rows sampled with every seed, the seeds taken together: each prompt's toxicity is the mean over the
+    seeds' answers, against the reference's, with a paired bootstrap CI over prompts; beside it the seeds'
+    own changes, lowest to highest. What a user of the recipe can expect, training noise included."""
+    from rlhf.evaluate import change
+
+    if len(seeds) < 2:
+        return []
+    by_row: dict[str, dict[int, dict]] = {}
+    for r in results:
+        by_row.setdefault(r["row"], {})[r["seed"]] = r
+    lines = [
+        "",
+        f"Seeds {', '.join(map(str, seeds))} taken together (each prompt's toxicity averaged over the seeds' "
+        "answers; the range is the seeds' own changes), rows sampled with every seed:",
+        "",
+        "| row | toxicity, reward classifier | seeds' range | toxicity, second judge | seeds' range | KL, mean |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = 0
+    for name, got in by_row.items():
+        if any(s not in got for s in seeds):
+            continue
+        rows += 1
+        cells = []
+        for key, label in (("toxicity", "toxicity, reward classifier"), ("judge_toxicity", "toxicity, second judge")):
+            per = [got[s]["per_prompt"] for s in seeds]
+            if any(p["policy"].get(key) is None for p in per):
+                cells += ["", ""]
+                continue
+            ref = per[0]["reference"][key]
+            pol = [sum(vals) / len(vals) for vals in zip(*(p["policy"][key] for p in per), strict=True)]
+            v = change(ref, pol)
+            own = sorted(got[s]["changes"][label][0] for s in seeds)
+            cells += [f"{v[0]:+.1%} [{v[1]:+.1%}, {v[2]:+.1%}]", f"{own[0]:+.1%} .. {own[-1]:+.1%}"]
+        kl = sum(got[s]["kl"] for s in seeds) / len(seeds)
+        lines.append(f"| {name} | {' | '.join(cells)} | {kl:.3f} |")
+    return lines if rows else []
+
+
 class Ablation:
     """The shared part of every stage: the base config, the held-out prompts and where answers live."""
 
@@ -182,6 +222,7 @@ class Ablation:
             }
             results.append(r)
             lines.append(_row_text(r))
+        lines += pooled(results, self.args.seed_list)
         if self.args.compare:
             lines += self._compare(results, *self.args.compare.split(","))
         self.args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -131,3 +131,24 @@ def test_ablation_rows_share_one_reference_and_write_a_table(tmp_path, tiny_llam
     scored = {r["row"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
     a, b = (scored[name]["per_prompt"]["policy"]["toxicity"] for name in ("default", "lr 1e-2"))
     assert f"{100 * (sum(a) - sum(b)) / len(a):+.2f} [" in seed_line
+
+
+def test_ablation_pools_a_rows_seeds_per_prompt_and_leaves_out_rows_missing_a_seed():
+    from bench.ablation import pooled
+
+    def row(name, seed, tox, change):
+        per = {"reference": {"toxicity": [1.0, 1.0], "judge_toxicity": None}, "policy": {"toxicity": tox}}
+        return {
+            "row": name,
+            "seed": seed,
+            "kl": 0.5,
+            "per_prompt": per,
+            "changes": {"toxicity, reward classifier": [change]},
+        }
+
+    rows = [row("a", 0, [0.5, 0.5], -0.5), row("a", 1, [1.5, 0.5], 0.0), row("b", 0, [0.0, 0.0], -1.0)]
+    lines = pooled(rows, [0, 1])
+    table = [line for line in lines if line.startswith("| a") or line.startswith("| b")]
+    # prompt means over the seeds: 1.0 and 0.5, against the reference's 1.0 and 1.0
+    assert table == ["| a | -25.0% [-50.0%, +0.0%] | -50.0% .. +0.0% |  |  | 0.500 |"]
+    assert pooled(rows, [0]) == [] and pooled(rows[2:], [0, 1]) == []
