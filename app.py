@@ -21,6 +21,7 @@ from fastapi import Request
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 
+from feedback.model import ROUND_NICE
 from feedback.studio import Studio, StudioOptions
 
 __all__ = ["add_users", "export_route", "launch", "main", "options_from", "parse_args"]
@@ -78,6 +79,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "for items while a round trains)",
     )
     p.add_argument(
+        "--first-items",
+        type=int,
+        default=4,
+        help="items generated first at start-up, before the page takes ratings; the rest of the pool follows [4]",
+    )
+    p.add_argument(
+        "--round-nice",
+        type=int,
+        default=ROUND_NICE,
+        help="how far below labeling a round's CPU priority is (Linux nice, 0-19; 0: the same priority, for a "
+        f"machine that only trains) [{ROUND_NICE}]",
+    )
+    p.add_argument(
         "--max-prompt-chars", type=int, default=20_000, help="refuse imported prompts longer than this [20000]"
     )
     p.add_argument("--max-new-tokens", type=int, default=None, help="longest response, in tokens")
@@ -94,7 +108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME:PASSWORD[:admin]",
         help="create or update an account (repeatable)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0 <= args.round_nice <= 19:
+        p.error(f"--round-nice takes 0 to 19 (Linux nice values), got {args.round_nice}")
+    if args.first_items < 1:
+        p.error(f"--first-items takes 1 or more, got {args.first_items}")
+    return args
 
 
 def options_from(args: argparse.Namespace) -> StudioOptions:
@@ -109,6 +128,8 @@ def options_from(args: argparse.Namespace) -> StudioOptions:
         heldout=args.heldout,
         pool_size=args.pool_size,
         pool_copy=args.pool_copy,
+        first_items=args.first_items,
+        round_nice=args.round_nice,
         max_prompt_chars=args.max_prompt_chars,
         max_new_tokens=args.max_new_tokens,
     )

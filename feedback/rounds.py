@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from db.models import utcnow
-from feedback.model import StudioModel, lower_priority, sample_batches, step_on_samples
+from feedback.model import ROUND_NICE, StudioModel, lower_priority, sample_batches, step_on_samples
 from feedback.service import FeedbackService
 from feedback.types import PPOSample, PromptRef, RoundInfo
 
@@ -88,10 +88,12 @@ class RoundRunner:
         svc: the feedback service (store of rounds, versions and samples).
         model: the loaded models.
         versions_dir: where each new version's adapter folder is written.
+        nice: how far below the labeling side the round's CPU priority is (`lower_priority`; 0: not lowered).
     """
 
-    def __init__(self, svc: FeedbackService, model: StudioModel, versions_dir: Path):
+    def __init__(self, svc: FeedbackService, model: StudioModel, versions_dir: Path, nice: int = ROUND_NICE):
         self.svc = svc
+        self.nice = nice
         self.model = model
         self.versions_dir = Path(versions_dir)
         self._thread: threading.Thread | None = None
@@ -195,7 +197,8 @@ class RoundRunner:
         from rlhf.ppo import PPOTrainer
 
         svc, model = self.svc, self.model
-        lower_priority()  # labeling first: the round runs on the CPU the labelers and the refill leave
+        if self.nice:
+            lower_priority(self.nice)  # labeling first: the round runs on the CPU the labelers and the refill leave
         input_version = svc.version(info.input_version_id)
         metrics: list[dict] = []
         staging = None

@@ -14,6 +14,7 @@ from pathlib import Path
 from db.session import database_url, default_data_dir, make_engine, make_session_factory, upgrade
 from feedback.downloads import Downloads
 from feedback.io import add_prompt_texts
+from feedback.model import ROUND_NICE
 from feedback.rounds import RoundRunner, RoundSettings, eta_text
 from feedback.service import FeedbackService
 from feedback.types import RoundInfo, VersionInfo
@@ -36,6 +37,7 @@ class StudioOptions:
     heldout: int = 64  # prompts of the default set kept for evaluation
     pool_size: int = 16  # generations made at start-up and per refill; a refill starts when fewer are left
     first_items: int = 4  # generated first at start-up, so labeling starts before the rest of the pool is made
+    round_nice: int = ROUND_NICE  # a round's CPU priority below labeling's (Linux nice; 0: the same)
     pool_copy: bool = True  # fill the pool from an inference copy of the policy, so rounds never stall labeling
     max_prompt_chars: int = 20_000  # imported prompts longer than this are refused
     min_new_tokens: int | None = None
@@ -153,7 +155,7 @@ class Studio:
                 model.serve(current.id, current.adapter_path)
             self.model = model
             self.svc.generator = model.pool_generator
-            self.runner = RoundRunner(self.svc, model, self.data_dir / "versions")
+            self.runner = RoundRunner(self.svc, model, self.data_dir / "versions", nice=self.options.round_nice)
             first = min(self.options.first_items, self.options.pool_size)
             if self.svc.unrated_count() < first:
                 # a few items first, so labeling starts now; the rest of the pool follows in the background
