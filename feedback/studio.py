@@ -234,9 +234,10 @@ class Studio:
         return version
 
     def round_defaults(self) -> RoundSettings:
+        """The page's round settings start as `rlhf train`'s: one recipe, whichever way a round is started."""
         ppo = self.cfg.ppo
         return RoundSettings(
-            steps=4,
+            steps=self.cfg.steps,
             batch_size=ppo.batch_size,
             mini_batch_size=ppo.mini_batch_size,
             learning_rate=ppo.learning_rate,

@@ -453,3 +453,19 @@ def test_lower_priority_is_per_thread_and_inherited_by_the_threads_it_starts():
     t.join()
     assert seen == {"returned": min(19, main + 5), "self": min(19, main + 5), "child": min(19, main + 5)}
     assert nice() == main  # the process and its other threads keep theirs
+
+
+def test_the_pages_round_defaults_are_the_cli_recipe(tiny_studio_options):
+    from rlhf.cli import build_config, make_parser
+
+    cli = build_config(make_parser().parse_args(["train", "--preset", "offline", "--out", "unused"]))
+    s = Studio(tiny_studio_options(), log_fn=lambda _: None)
+    d = s.round_defaults()
+    assert (d.steps, d.batch_size, d.mini_batch_size, d.learning_rate, d.init_kl_coef) == (
+        cli.steps,
+        cli.ppo.batch_size,
+        cli.ppo.mini_batch_size,
+        cli.ppo.learning_rate,
+        cli.ppo.init_kl_coef,
+    )
+    s.db_engine.dispose()
