@@ -152,3 +152,13 @@ def test_ablation_pools_a_rows_seeds_per_prompt_and_leaves_out_rows_missing_a_se
     # prompt means over the seeds: 1.0 and 0.5, against the reference's 1.0 and 1.0
     assert table == ["| a | -25.0% [-50.0%, +0.0%] | -50.0% .. +0.0% |  |  | 0.500 |"]
     assert pooled(rows, [0]) == [] and pooled(rows[2:], [0, 1]) == []
+
+
+def test_compare_demo_runs_a_default_round_and_compares_through_the_studio(tiny_studio_options):
+    from bench.compare_demo import run
+
+    lines = run(tiny_studio_options(), prompts=3, seeds=2, steps=1, eval_prompts=2, shown=2)
+    table = {line.split(" | ")[0]: line for line in lines if line.startswith("| all") or line.startswith("| ref")}
+    assert table["| all"].startswith("| all | 6 | ")  # 3 held-out prompts x 2 seeds, each through Compare
+    assert "| reference flagged" in table  # the flagged row is always there, even when empty
+    assert "1 steps" in lines[0] and "KL coefficient 0.05" in lines[0]  # the page's defaults, steps overridden
