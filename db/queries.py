@@ -132,6 +132,13 @@ def generations_of(version_id: int, *, session: Session, newest_first: bool = Fa
     return list(session.scalars(select(Generation).where(Generation.policy_version_id == version_id).order_by(order)))
 
 
+def generations_by_ids(ids: Sequence[int], *, session: Session) -> list[Generation]:
+    """The generations with these ids, by id (missing ids are skipped)."""
+    if not ids:
+        return []
+    return list(session.scalars(select(Generation).where(Generation.id.in_(set(ids))).order_by(Generation.id)))
+
+
 def count_generations(version_id: int, *, session: Session) -> int:
     return session.scalar(select(func.count(Generation.id)).where(Generation.policy_version_id == version_id)) or 0
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from db.models import utcnow
+from feedback.human_reward import HumanReward, HumanRewardSource
 from feedback.model import ROUND_NICE, StudioModel, lower_priority, sample_batches, step_on_samples
 from feedback.service import FeedbackService
 from feedback.types import PPOSample, PromptRef, RoundInfo
@@ -45,6 +46,7 @@ class RoundSettings:
     learning_rate: float = 1e-4
     init_kl_coef: float = 0.2
     eval_prompts: int = 16  # held-out prompts for the before / after means (0: skip)
+    replay: bool = False  # train on the stored, rated samples again (off-policy) instead of fresh ones
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -89,11 +91,20 @@ class RoundRunner:
         model: the loaded models.
         versions_dir: where each new version's adapter folder is written.
         nice: how far below the labeling side the round's CPU priority is (`lower_priority`; 0: not lowered).
+        human: the store's learned human reward, which Human and Blend rounds train on (None: model mode only).
     """
 
-    def __init__(self, svc: FeedbackService, model: StudioModel, versions_dir: Path, nice: int = ROUND_NICE):
+    def __init__(
+        self,
+        svc: FeedbackService,
+        model: StudioModel,
+        versions_dir: Path,
+        nice: int = ROUND_NICE,
+        human: HumanRewardSource | None = None,
+    ):
         self.svc = svc
         self.nice = nice
+        self.human = human
         self.model = model
         self.versions_dir = Path(versions_dir)
         self._thread: threading.Thread | None = None
@@ -120,13 +131,7 @@ class RoundRunner:
         with self._guard:
             if self.running:
                 raise ValueError(f"round {self.round_id} is still running; wait for it or cancel it")
-            if settings.mode != "model":
-                n = len(self.svc.ppo_samples(settings.mode, settings.weight))
-                if n < settings.batch_size:
-                    raise ValueError(
-                        f"{settings.mode} mode has {n} usable items of the current version, fewer than the batch size "
-                        f"{settings.batch_size}: rate more items, lower the batch size, or use model or blend mode"
-                    )
+            human = self._human_reward(settings)
             ppo = dataclasses.replace(
                 self.model.cfg.ppo,
                 batch_size=settings.batch_size,
@@ -135,6 +140,12 @@ class RoundRunner:
                 init_kl_coef=settings.init_kl_coef,
             )
             config = {"settings": dataclasses.asdict(settings), "ppo": dataclasses.asdict(ppo)}
+            if human is not None:  # the reward this round trains on, as fitted when it started
+                config["human_reward"] = {
+                    "rated_items": human.n,
+                    "kind": human.kind,
+                    "calibration": dataclasses.asdict(human.calibration),
+                }
             note = mini_batch_note(settings.batch_size, settings.mini_batch_size, self.model.cfg.ppo.mini_batch_size)
             if note:
                 config["note"] = note  # kept with the round, so its history says why
@@ -145,10 +156,31 @@ class RoundRunner:
             self._cancel.clear()
             self._active.set()
             self._thread = threading.Thread(
-                target=self._run, args=(info, settings, ppo), name=f"round-{info.id}", daemon=True
+                target=self._run, args=(info, settings, ppo, human), name=f"round-{info.id}", daemon=True
             )
             self._thread.start()
             return info
+
+    def _human_reward(self, settings: RoundSettings) -> HumanReward | None:
+        """The learned reward a Human or Blend round trains on (None in model mode); refuses, saying what to do,
+        when the ratings cannot fit one, or a replay has too few stored samples."""
+        if settings.mode == "model" and not settings.replay:
+            return None
+        if settings.mode == "model":
+            human = None
+        elif self.human is None:
+            raise ValueError(f"{settings.mode} mode needs a human reward, and this app has none: use model mode")
+        else:
+            human = self.human.current()
+        if settings.replay:
+            n = len(self.svc.ppo_samples(settings.mode, settings.weight, human=human))
+            if n < settings.batch_size:
+                raise ValueError(
+                    f"replay in {settings.mode} mode has {n} usable stored items of the current version, fewer than "
+                    f"the batch size {settings.batch_size}: rate more items, lower the batch size, or train on fresh "
+                    "samples (replay off)"
+                )
+        return human
 
     def cancel(self) -> bool:
         """Ask the running round to stop after its current step; False when none runs."""
@@ -193,7 +225,7 @@ class RoundRunner:
             self._thread.join(timeout)
 
     # ---- the round itself ------------------------------------------------------------------------------------
-    def _run(self, info: RoundInfo, settings: RoundSettings, ppo) -> None:
+    def _run(self, info: RoundInfo, settings: RoundSettings, ppo, human: HumanReward | None) -> None:
         from rlhf.ppo import PPOTrainer
 
         svc, model = self.svc, self.model
@@ -215,7 +247,7 @@ class RoundRunner:
                     before = model.evaluate(heldout) if heldout else None
                 eval_s = time.monotonic() - t0
                 trainer = PPOTrainer(model.policy, ppo, model.cfg.generation.temperature, seed=info.id)
-                batches = self._batches(settings, ppo.batch_size, info.id)
+                batches = self._batches(settings, ppo.batch_size, info.id, human)
                 step_s: list[float] = []  # time each step computed (waits for the pool left out)
                 for step in range(n):
                     if self._cancel.is_set():
@@ -273,13 +305,15 @@ class RoundRunner:
         except Exception:  # noqa: BLE001 - the store still names the right version; loading is retried on restart
             log.exception("could not reload version %s after a failed round", version.id)
 
-    def _batches(self, settings: RoundSettings, batch_size: int, seed: int):
-        if settings.mode != "model":
-            yield from sample_batches(self.svc.ppo_samples(settings.mode, settings.weight), batch_size, seed)
+    def _batches(self, settings: RoundSettings, batch_size: int, seed: int, human: HumanReward | None = None):
+        if settings.replay:  # the stored samples again, scored as a fresh one would be; off-policy after step 1
+            samples = self.svc.ppo_samples(settings.mode, settings.weight, human=human)
+            yield from sample_batches(samples, batch_size, seed)
             return
-        # model mode: fresh samples from the policy being trained, scored by the classifier. Unlike `rlhf train`
-        # (`rlhf.train.batches`, passes over one encoded prompt list) each step draws a new seeded sample from the
-        # store: it may hold far more prompts than a round uses, and only the drawn ones are encoded.
+        # Every mode: fresh samples from the policy being trained, scored by the classifier and, in Human and Blend,
+        # by the reward learned from the ratings. Unlike `rlhf train` (`rlhf.train.batches`, passes over one encoded
+        # prompt list) each step draws a new seeded sample from the store: it may hold far more prompts than a round
+        # uses, and only the drawn ones are encoded.
         while True:
             prompts = self.svc.training_prompts(2 * batch_size, seed)  # spares for prompts too long to encode
             seed += 1
@@ -289,11 +323,14 @@ class RoundRunner:
                     f"only {len(gens)} training prompts fit the policy's max_query_tokens, fewer than the batch size "
                     f"{batch_size}; import more prompts or lower the batch size"
                 )
+            model = [self.svc.model_reward(g.model_score, g.model_logit) for g in gens]
+            rewards = (
+                model
+                if human is None
+                else human.rewards([g.response for g in gens], model, settings.mode, settings.weight)
+            )
             yield [
-                PPOSample(
-                    -1, g.query_ids, g.response_ids, g.logprobs, self.svc.model_reward(g.model_score, g.model_logit)
-                )
-                for g in gens
+                PPOSample(-1, g.query_ids, g.response_ids, g.logprobs, r) for g, r in zip(gens, rewards, strict=True)
             ]
 
 

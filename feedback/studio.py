@@ -13,6 +13,7 @@ from pathlib import Path
 
 from db.session import database_url, default_data_dir, make_engine, make_session_factory, upgrade
 from feedback.downloads import Downloads
+from feedback.human_reward import HumanRewardSource
 from feedback.io import add_prompt_texts
 from feedback.model import ROUND_NICE
 from feedback.rounds import RoundRunner, RoundSettings, eta_text
@@ -111,6 +112,7 @@ class Studio:
         if interrupted:
             self.log(f"{interrupted} training round(s) were cut off when the app last stopped; marked interrupted")
         self.svc.ensure_base_version()
+        self.human_reward = HumanRewardSource(self.svc.rated_items, self._reward_features)
         self.model = None  # the loaded `StudioModel`, once start-up has got that far
         self.runner: RoundRunner | None = None
         self.status = "starting"
@@ -155,7 +157,9 @@ class Studio:
                 model.serve(current.id, current.adapter_path)
             self.model = model
             self.svc.generator = model.pool_generator
-            self.runner = RoundRunner(self.svc, model, self.data_dir / "versions", nice=self.options.round_nice)
+            self.runner = RoundRunner(
+                self.svc, model, self.data_dir / "versions", nice=self.options.round_nice, human=self.human_reward
+            )
             first = min(self.options.first_items, self.options.pool_size)
             if self.svc.unrated_count() < first:
                 # a few items first, so labeling starts now; the rest of the pool follows in the background
@@ -187,7 +191,22 @@ class Studio:
         add_prompt_texts(self.svc.Session, [(p.dialogue, p.summary) for p in held], source, "heldout")
         self.log(f"imported {len(train)} training and {len(held)} held-out prompts")
 
+    def _reward_features(self, texts):
+        """The human reward's backbone: frozen features of the reward classifier (`rlhf reward fit`'s default)."""
+        from rlhf.reward_model import load_features
+
+        return load_features("classifier", self.cfg.reward.name_or_path)(texts)
+
     # ---- what the pages call ---------------------------------------------------------------------------------
+    def preview(self, mode: str, weight: float):
+        """The labeled items and each mode's reward for them, as a round computes it, and a note when Human and
+        Blend have no learned reward yet (None otherwise)."""
+        try:
+            human, note = self.human_reward.current(), None
+        except ValueError as err:
+            human, note = None, str(err)
+        return self.svc.preview(mode, weight, human=human), note
+
     def require_model(self):
         if self.model is None:
             raise ValueError(self.error or f"the models are still loading ({self.status}); try again in a moment")

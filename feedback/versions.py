@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries as q
 from db.models import Generation, PolicyVersion, TrainingRound, utcnow
+from feedback.human_reward import HumanReward
 from feedback.rewards import blend, comparison_scores, mean_or_none
 from feedback.types import PPOSample, PreviewRow, RoundInfo, VersionInfo
 from rlhf.scorers import reward_of
@@ -61,8 +62,26 @@ class VersionsMixin:
             return _version(v)
 
     # ---- rewards ------------------------------------------------------------------------------------------
-    def preview(self, mode: str = "blend", weight: float = 0.5, limit: int | None = None) -> list[PreviewRow]:
-        """The labeled items of the current version and the reward each mode gives them."""
+    def rated_items(self) -> tuple[list[str], list[float], list[float]]:
+        """Every rated response of any version that the classifier scored: (texts, mean human scores in [0, 1],
+        classifier rewards as model mode has them), oldest first; what the human reward is fitted on."""
+        with self.Session.begin() as s:
+            humans = _human_scores(s)
+            gens = q.generations_by_ids(sorted(humans), session=s)
+            texts, labels, model = [], [], []
+            for g in gens:
+                r = self.model_reward(g.model_score, g.model_logit)
+                if r is not None:
+                    texts.append(g.response)
+                    labels.append(mean_or_none(humans[g.id]))
+                    model.append(r)
+            return texts, labels, model
+
+    def preview(
+        self, mode: str = "blend", weight: float = 0.5, limit: int | None = None, human: HumanReward | None = None
+    ) -> list[PreviewRow]:
+        """The labeled items of the current version and the reward each mode gives them (`human`: the learned
+        reward, None while too few ratings exist to fit one; Human and Blend are then empty)."""
         blend([], [], mode, weight)  # validates mode and weight before any work
         with self.Session.begin() as s:
             cur = q.current_version(session=s)
@@ -70,16 +89,15 @@ class VersionsMixin:
                 return []
             humans = _human_scores(s)
             gens = [g for g in q.generations_of(cur.id, session=s, newest_first=True) if g.id in humans][:limit]
-            human = [mean_or_none(humans[g.id]) for g in gens]
-            by_mode = self._rewards_by_mode(gens, human, weight)
+            by_mode = self._rewards_by_mode(gens, weight, human)
             return [
                 PreviewRow(
                     g.id,
                     g.prompt.text,
                     g.response,
                     len(humans[g.id]),
-                    gens[i].model_score,
-                    human[i],
+                    g.model_score,
+                    mean_or_none(humans[g.id]),
                     by_mode["model"][i],
                     by_mode["human"][i],
                     by_mode["blend"][i],
@@ -94,36 +112,35 @@ class VersionsMixin:
             return None
         return reward_of(score, logit, self.use_logit)
 
-    def _rewards_by_mode(self, gens: Sequence[Generation], human: list[float | None], weight: float) -> dict:
-        """Per mode, the reward of each generation: model = the CLI's reward; human and blend mix [0, 1] scores
-        (the classifier's P(not offensive) with the mean human score)."""
-        probability = [g.model_score for g in gens]
-        return {
-            "model": [self.model_reward(g.model_score, g.model_logit) for g in gens],
-            "human": blend(probability, human, "human", weight),
-            "blend": blend(probability, human, "blend", weight),
-        }
+    def _rewards_by_mode(self, gens: Sequence[Generation], weight: float, human: HumanReward | None) -> dict:
+        """Per mode, the reward of each generation, as a round in that mode would compute it for a fresh sample:
+        model = the CLI's reward; human = the learned reward on the classifier's scale; blend = their mix."""
+        model = [self.model_reward(g.model_score, g.model_logit) for g in gens]
+        if human is None:
+            return {"model": model, "human": [None] * len(gens), "blend": [None] * len(gens)}
+        learned = human.human([g.response for g in gens])
+        return {m: blend(model, learned, m, weight) for m in ("model", "human", "blend")}
 
     def ppo_samples(
-        self, mode: str, weight: float = 0.5, version_id: int | None = None, rated_only: bool | None = None
+        self, mode: str, weight: float = 0.5, version_id: int | None = None, human: HumanReward | None = None
     ) -> list[PPOSample]:
-        """Generations of the policy version (default: current) with their rewards under `mode`, for PPO.
-
-        Rated items come first. `human` mode leaves unrated items out; `model` and `blend` include them unless
-        `rated_only` (default: only in `human` mode).
-        """
+        """Stored generations of the policy version (default: current) with their rewards under `mode`: what a
+        round replays when asked to (off-policy after its first update). Rated items come first; Human and Blend
+        need `human`, and replay only the rated items."""
         blend([], [], mode, weight)
-        rated_only = (mode == "human") if rated_only is None else rated_only
+        if mode != "model" and human is None:
+            raise ValueError(f"{mode} mode needs the human reward, learned from the ratings")
         with self.Session.begin() as s:
             vid = version_id if version_id is not None else q.current_version(session=s).id
             gens = q.generations_of(vid, session=s)
             humans = _human_scores(s, [g.id for g in gens])
-            human = [mean_or_none(humans.get(g.id, [])) for g in gens]
-            rewards = self._rewards_by_mode(gens, human, weight)[mode]
+            if mode != "model":
+                gens = [g for g in gens if g.id in humans]
+            rewards = self._rewards_by_mode(gens, weight, human)[mode]
             out = [
-                (h is None, PPOSample(g.id, list(g.query_ids), list(g.response_ids), list(g.logprobs), r))
-                for g, h, r in zip(gens, human, rewards, strict=True)
-                if r is not None and not (rated_only and h is None)
+                (g.id not in humans, PPOSample(g.id, list(g.query_ids), list(g.response_ids), list(g.logprobs), r))
+                for g, r in zip(gens, rewards, strict=True)
+                if r is not None
             ]
             return [sample for _, sample in sorted(out, key=lambda x: x[0])]
 

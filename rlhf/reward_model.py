@@ -231,6 +231,35 @@ def _logit(scaler, head, x) -> np.ndarray:
 
 
 @dataclass
+class LinearHead:
+    """The fitted head as plain arrays: logit = coef . (x - mean) / scale + intercept."""
+
+    coef: np.ndarray
+    intercept: float
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def of(cls, scaler, head, width: int) -> LinearHead:
+        mean = getattr(scaler, "mean_", None)
+        intercept = float(head.intercept_[0]) if head.fit_intercept else 0.0
+        return cls(
+            head.coef_[0].astype(np.float64), intercept, np.zeros(width) if mean is None else mean, scaler.scale_
+        )
+
+    def logits(self, x) -> np.ndarray:
+        w = self.coef / self.scale  # without densifying sparse features
+        return np.asarray(x @ w).ravel() - float(self.mean @ w) + self.intercept
+
+
+def fit_head(features, ratings: Ratings, c: float = 1.0) -> LinearHead:
+    """The head fitted on every rating (no cross-validation), for a reward refitted as ratings arrive."""
+    x, y = _design(features, ratings)
+    scaler, head = _fit_head(x, ratings.kind, y, c)
+    return LinearHead.of(scaler, head, x.shape[1])
+
+
+@dataclass
 class Agreement:
     """Cross-validated agreement of the head's scores with held-out labels (k folds)."""
 
@@ -325,8 +354,7 @@ def fit(
     agreement = cross_validate(features, ratings, folds, c)
     cv_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    x, y = _design(features, ratings)
-    scaler, head = _fit_head(x, ratings.kind, y, c)
+    head = fit_head(features, ratings, c)
     fit_s = time.perf_counter() - t0
     report = FitReport(backbone, source, agreement, fit_s, cv_s)
     log(
@@ -335,15 +363,11 @@ def fit(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        mean = getattr(scaler, "mean_", None)
         np.savez(
-            out / HEAD_FILE,
-            coef=head.coef_[0].astype(np.float64),
-            intercept=np.asarray(head.intercept_ if head.fit_intercept else [0.0], dtype=np.float64),
-            mean=np.zeros(x.shape[1]) if mean is None else mean,
-            scale=scaler.scale_,
+            out / HEAD_FILE, coef=head.coef, intercept=np.asarray([head.intercept]), mean=head.mean, scale=head.scale
         )
-        meta = {"format": 1, "kind": ratings.kind, "n": len(ratings), "sparse": bool(sp.issparse(x))}
+        sparse = bool(sp.issparse(features(ratings.chosen[:1] or ratings.texts[:1])))
+        meta = {"format": 1, "kind": ratings.kind, "n": len(ratings), "sparse": sparse}
         (out / MODEL_FILE).write_text(json.dumps(meta | asdict(report), indent=2))
     return report
 
@@ -370,15 +394,11 @@ class LearnedRewardScorer:
         self.name = str(folder)
         self.meta = meta
         self.features = load_features(meta["backbone"], meta["source"])
-        head = np.load(folder / HEAD_FILE)
-        self.coef, self.intercept = head["coef"], float(head["intercept"][0])
-        self.mean, self.scale = head["mean"], head["scale"]
+        saved = np.load(folder / HEAD_FILE)
+        self.head = LinearHead(saved["coef"], float(saved["intercept"][0]), saved["mean"], saved["scale"])
 
     def logits(self, texts: Sequence[str]) -> list[float]:
-        x = self.features(list(texts))
-        # w . (x - mean) / scale + b, without densifying sparse features
-        w = self.coef / self.scale
-        return [float(v) for v in np.asarray(x @ w).ravel() - float(self.mean @ w) + self.intercept]
+        return [float(v) for v in self.head.logits(self.features(list(texts)))]
 
     def score_batch(self, texts: Sequence[str]) -> Scores:
         if not texts:

@@ -295,7 +295,7 @@ def test_pairwise_preferences_map_to_scores_and_undo(store):
     svc.submit_comparison(a.id, pair.a.generation_id, pair.b.generation_id, "b", request_id="p1")
     assert svc.submit_comparison(a.id, pair.a.generation_id, pair.b.generation_id, "b", request_id="p1").duplicate
     rows = {r.generation_id: r for r in svc.preview("human")}
-    assert rows[pair.b.generation_id].human == 1.0 and rows[pair.a.generation_id].human == 0.0
+    assert rows[pair.b.generation_id].human_score == 1.0 and rows[pair.a.generation_id].human_score == 0.0
     assert svc.next_pair(a.id).prompt_id != pair.prompt_id
     undone = svc.undo(a.id)
     assert {undone.a.generation_id, undone.b.generation_id} == {pair.a.generation_id, pair.b.generation_id}
@@ -378,21 +378,44 @@ def test_krippendorff_alpha_matches_a_hand_computation():
 
 
 def test_preview_and_ppo_samples_follow_the_mode(store):
+    """Human and Blend score a stored text with the learned reward, as a round scores a fresh sample; here a known
+    reward (the response's length in characters, calibration the identity) makes the numbers checkable."""
+    import numpy as np
+
+    from feedback.human_reward import Calibration, HumanReward
+    from rlhf.reward_model import LinearHead
+
     _, Session = store
     svc = FeedbackService(Session)
     ids = _fill(svc, 4)  # model scores 0.0, 0.1, 0.2, 0.3
     a, b = svc.annotator("a"), svc.annotator("b")
     svc.submit(a.id, ids[1], "binary", 1)
     svc.submit(b.id, ids[1], "scale", 2)  # mean human score of ids[1]: (1 + 0.25) / 2
-    preview = svc.preview("blend", 0.5)
+    length = HumanReward(
+        lambda texts: np.array([[len(t)] for t in texts], dtype=float),
+        LinearHead(np.array([1.0]), 0.0, np.array([0.0]), np.array([1.0])),
+        Calibration(0.0, 1.0, 0.0, 1.0),
+        n=1,
+        kind="scale",
+        fit_s=0.0,
+    )
+    n = len(svc.preview("model")[0].response)
+    preview = svc.preview("blend", 0.5, human=length)
     assert [r.generation_id for r in preview] == [ids[1]]
-    assert preview[0].human == pytest.approx(0.625) and preview[0].blend == pytest.approx(0.3625)
-    human = svc.ppo_samples("human")
-    assert [(s.generation_id, s.reward) for s in human] == [(ids[1], pytest.approx(0.625))]
-    blended = svc.ppo_samples("blend", 0.5)
-    assert blended[0].generation_id == ids[1]  # rated items first
-    assert [s.reward for s in blended] == pytest.approx([0.3625, 0.0, 0.2, 0.3])
-    assert blended[0].logprobs == [-0.5, -0.25] and blended[0].response_ids == [4, 5]
+    assert preview[0].human_score == pytest.approx(0.625)  # the ratings, shown beside the rewards
+    assert preview[0].model == pytest.approx(0.1) and preview[0].human == n
+    assert preview[0].blend == pytest.approx(0.5 * n + 0.5 * 0.1)
+    assert svc.preview("blend", 0.5)[0].human is None  # no learned reward yet: Human and Blend stay empty
+    with pytest.raises(ValueError, match="needs the human reward"):
+        svc.ppo_samples("human")
+    human = svc.ppo_samples("human", human=length)
+    assert [(s.generation_id, s.reward) for s in human] == [(ids[1], n)]  # replay: rated items only
+    model = svc.ppo_samples("model")
+    assert model[0].generation_id == ids[1]  # rated items first
+    assert [s.reward for s in model] == pytest.approx([0.1, 0.0, 0.2, 0.3])
+    assert model[0].logprobs == [-0.5, -0.25] and model[0].response_ids == [4, 5]
+    texts, labels, rewards = svc.rated_items()
+    assert (len(texts), labels, rewards) == (1, [pytest.approx(0.625)], [pytest.approx(0.1)])
 
 
 # ---- import / export -------------------------------------------------------------------------------------------
@@ -578,7 +601,7 @@ def test_an_old_database_upgrades_without_losing_a_row(tmp_path):
     ann = svc.annotator("ann")
     assert ann.role == "annotator" and ann.id == 1
     assert svc.current_version().id == 1
-    assert svc.preview("human")[0].human == 1.0
+    assert svc.preview("human")[0].human_score == 1.0
     assert [r.id for r in svc.rounds()] == [1]
     with Session.begin() as s:
         assert s.get(Generation, 1).logprobs == [-0.5]
@@ -653,17 +676,19 @@ def test_pool_refills_from_the_policy_and_rated_items_drive_a_ppo_step(store, ti
     assert svc.refill_if_low() == 6
     assert svc.refill_if_low() == 0  # 6 unrated items: not low
     ann = svc.annotator("a")
+    rated = set()
     for value in (1, 0, 1, 1, 0):
         item = svc.next_item(ann.id)
         assert item.response is not None and 0.0 <= item.model_score <= 1.0
         svc.submit(ann.id, item.generation_id, "binary", value)
+        rated.add(item.generation_id)
     assert svc.refill_if_low() == 6  # one unrated left: refilled
     assert svc.next_pair(ann.id) is None  # one response per prompt so far: nothing to compare
     assert svc.refill_if_low(pairs=True) == 3  # a second response to three prompts
     pair = svc.next_pair(ann.id)
     assert pair.a.prompt_id == pair.b.prompt_id and pair.a.generation_id != pair.b.generation_id
-    samples = svc.ppo_samples("human")
-    assert len(samples) == 5 and sorted(s.reward for s in samples) == [0.0, 0.0, 1.0, 1.0, 1.0]
+    samples = svc.ppo_samples("model")
+    assert len(samples) == 15 and {s.generation_id for s in samples[:5]} == rated  # rated items first
     # the stored log-probs are what the policy gives its own samples now (nothing trained yet)
     again = response_logprobs(
         policy, [torch.tensor(s.query_ids) for s in samples], [torch.tensor(s.response_ids) for s in samples], 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import os
+import statistics
 import sys
 import threading
 import time
@@ -13,6 +14,7 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
+import feedback.human_reward
 import feedback.model
 import feedback.pool
 import feedback.rounds
@@ -91,7 +93,7 @@ def test_a_round_makes_a_new_current_version_and_new_items_come_from_it(studio):
 
 
 def test_a_failed_round_leaves_the_previous_version_and_every_rating(studio, monkeypatch):
-    _rate_some(studio, 6)
+    _rate_some(studio, 8)
     before = _lora(studio)
     version = studio.svc.current_version()
 
@@ -112,7 +114,7 @@ def test_a_failed_round_leaves_the_previous_version_and_every_rating(studio, mon
     assert studio.svc.current_version().id == version.id
     assert all(torch.equal(p, before[n]) for n, p in _lora(studio).items())
     with studio.svc.Session.begin() as s:
-        assert s.scalar(select(func.count(Rating.id))) == 6
+        assert s.scalar(select(func.count(Rating.id))) == 8
 
 
 def test_a_cancelled_round_is_interrupted_and_changes_nothing(studio):
@@ -129,8 +131,11 @@ def test_a_cancelled_round_is_interrupted_and_changes_nothing(studio):
 
 def test_human_mode_needs_enough_rated_items(studio):
     _rate_some(studio, 2)
-    with pytest.raises(ValueError, match="rate more items"):
+    with pytest.raises(ValueError, match="2 rated items .* are too few: rate at least 4"):
         studio.start_round(RoundSettings(mode="human", steps=1, batch_size=4, mini_batch_size=2))
+    _rate_some(studio, 6)  # 8 rated: enough for the learned reward, too few stored items to replay a batch of 16
+    with pytest.raises(ValueError, match="replay in human mode has 8 usable stored items"):
+        studio.start_round(RoundSettings(mode="human", steps=1, batch_size=16, mini_batch_size=2, replay=True))
     with pytest.raises(ValueError, match="multiple of the mini-batch"):
         studio.start_round(RoundSettings(mode="model", batch_size=5, mini_batch_size=2))
 
@@ -323,6 +328,7 @@ def test_rounds_doctests():
     assert doctest.testmod(feedback.rounds).failed == 0
     assert doctest.testmod(feedback.model).failed == 0
     assert doctest.testmod(feedback.pool).failed == 0  # chunk_sizes: small chunks first when the pool runs dry
+    assert doctest.testmod(feedback.human_reward).failed == 0  # Calibration: the learned reward on the model's scale
 
 
 def test_labeling_starts_after_the_first_items_and_the_pool_fills_behind_it(tiny_studio_options):
@@ -469,3 +475,48 @@ def test_the_pages_round_defaults_are_the_cli_recipe(tiny_studio_options):
         cli.ppo.init_kl_coef,
     )
     s.db_engine.dispose()
+
+
+def test_human_and_blend_rounds_train_on_fresh_samples_scored_by_the_learned_reward(studio):
+    """Issue 11: every mode samples the policy afresh; Human scores the samples with the reward learned from the
+    ratings, put on the classifier's scale, and Blend mixes the two on that one scale (weight 0 = model mode)."""
+    _rate_some(studio, 8)
+    human = studio.human_reward.current()
+    texts, labels, model = studio.svc.rated_items()
+    assert (human.n, human.kind, labels) == (8, "binary", [float(k % 2) for k in range(8)])
+    on_rated = human.human(texts)  # calibrated: the classifier reward's mean and spread over the rated items
+    assert sum(on_rated) / 8 == pytest.approx(sum(model) / 8, abs=1e-6)
+    assert statistics.stdev(on_rated) == pytest.approx(statistics.stdev(model), rel=1e-6)
+
+    def batch(mode, weight=0.5):
+        settings = RoundSettings(mode=mode, weight=weight, steps=1, batch_size=4, mini_batch_size=2)
+        return next(studio.runner._batches(settings, 4, seed=7, human=human))
+
+    tok = studio.model.policy.tokenizer
+
+    def texts_of(samples):
+        return [t.strip() for t in tok.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)]
+
+    for mode, weight in (("model", 0.5), ("blend", 0.0), ("human", 0.5), ("blend", 0.25)):
+        samples = batch(mode, weight)
+        assert all(s.generation_id == -1 for s in samples)  # fresh samples, not stored ones
+        texts = texts_of(samples)
+        cli, learned = _cli_rewards(studio, texts), human.human(texts)
+        expected = {"model": cli, "human": learned}.get(
+            mode, [weight * h + (1 - weight) * m for h, m in zip(learned, cli, strict=True)]
+        )
+        assert [s.reward for s in samples] == pytest.approx(expected, abs=1e-5), (mode, weight)
+
+    studio.start_round(RoundSettings(mode="human", steps=1, batch_size=4, mini_batch_size=2, eval_prompts=0))
+    studio.runner.wait(120)
+    (done,) = studio.svc.rounds()
+    assert done.status == "done", done.error
+    assert done.config["human_reward"]["rated_items"] == 8 and done.config["settings"]["replay"] is False
+
+
+def test_a_replayed_round_trains_on_the_stored_rated_samples(studio):
+    _rate_some(studio, 8)
+    settings = RoundSettings(mode="human", steps=1, batch_size=4, mini_batch_size=2, replay=True)
+    rated = {s.generation_id for s in studio.svc.ppo_samples("human", human=studio.human_reward.current())}
+    batch = next(studio.runner._batches(settings, 4, seed=0, human=studio.human_reward.current()))
+    assert len(rated) == 8 and {s.generation_id for s in batch} <= rated

@@ -15,6 +15,7 @@ from ui.rounds import KL_LOSS_SERIES, REWARD_SERIES, history_frame, metric_frame
 from ui.text import plain
 
 MODES = {"Model": "model", "Human": "human", "Blend": "blend"}
+PREVIEW_LABEL = "Labeled items and the reward a round would give them"
 PREVIEW_COLUMNS = ["id", "reward", "P(not offensive)", "human", "ratings", "response"]
 
 
@@ -55,7 +56,7 @@ def histogram(values: Sequence[float | None], n_bins: int = 10) -> pd.DataFrame:
 
 
 def round_settings(
-    mode_label: str, weight, steps, batch_size, learning_rate, kl_coef, eval_prompts, mini_batch_size: int
+    mode_label: str, weight, steps, batch_size, learning_rate, kl_coef, eval_prompts, mini_batch_size: int, replay=False
 ) -> RoundSettings:
     """The page's fields as settings; the mini-batch is the largest divisor of the batch that the default
     mini-batch size also divides into, so any batch size the person types divides exactly."""
@@ -68,6 +69,7 @@ def round_settings(
         learning_rate=float(learning_rate),
         init_kl_coef=float(kl_coef),
         eval_prompts=int(eval_prompts),
+        replay=bool(replay),
     )
 
 
@@ -103,6 +105,7 @@ class TrainingTab:
     lr: gr.Number
     kl: gr.Number
     n_eval: gr.Number
+    replay: gr.Checkbox
     start: gr.Button
     cancel: gr.Button
     round_status: gr.Markdown
@@ -124,9 +127,7 @@ def build_training_tab(studio, state: gr.State) -> TrainingTab:
         with gr.Row():
             mode = gr.Radio(list(MODES), value="Model", label="Reward mode", elem_id="mode")
             weight = gr.Slider(0, 1, value=0.5, step=0.05, label="Human weight (Blend)", elem_id="weight")
-        preview_table = gr.Dataframe(
-            label="Labeled items and the reward they would get", interactive=False, max_height=300, elem_id="preview"
-        )
+        preview_table = gr.Dataframe(label=PREVIEW_LABEL, interactive=False, max_height=300, elem_id="preview")
         hist = gr.BarPlot(x="reward", y="items", title="Reward histogram (labeled items)", height=220)
         with gr.Row():
             steps = gr.Number(value=defaults.steps, label="PPO steps", precision=0, minimum=1, elem_id="steps")
@@ -139,6 +140,11 @@ def build_training_tab(studio, state: gr.State) -> TrainingTab:
                 precision=0,
                 minimum=0,
                 elem_id="n-eval",
+            )
+            replay = gr.Checkbox(
+                value=defaults.replay,
+                label="Replay stored rated samples (off-policy; default: fresh samples every step)",
+                elem_id="replay",
             )
         with gr.Row():
             b_start = gr.Button("Start round", variant="primary", elem_id="start-round")
@@ -155,7 +161,7 @@ def build_training_tab(studio, state: gr.State) -> TrainingTab:
 
     tab = TrainingTab(
         mode=mode, weight=weight, preview_table=preview_table, histogram=hist, steps=steps, batch=batch, lr=lr,
-        kl=kl, n_eval=n_eval, start=b_start, cancel=b_cancel, round_status=round_status,
+        kl=kl, n_eval=n_eval, replay=replay, start=b_start, cancel=b_cancel, round_status=round_status,
         round_progress=round_progress, reward_plot=reward_plot, kl_plot=kl_plot, history=history,
         version_pick=version_pick, rollback=b_rollback,
     )  # fmt: skip
@@ -166,7 +172,7 @@ def build_training_tab(studio, state: gr.State) -> TrainingTab:
     tab_page.select(on_preview, [tab.mode, tab.weight], [tab.preview_table, tab.histogram])
     tab.start.click(
         bind(start_round, studio=studio, tab=tab, mini_batch_size=defaults.mini_batch_size),
-        [state, tab.mode, tab.weight, tab.steps, tab.batch, tab.lr, tab.kl, tab.n_eval],
+        [state, tab.mode, tab.weight, tab.steps, tab.batch, tab.lr, tab.kl, tab.n_eval, tab.replay],
         tab.round_outputs,
     )
     tab.cancel.click(bind(cancel_round, studio=studio, tab=tab), [state], tab.round_outputs)
@@ -177,8 +183,12 @@ def build_training_tab(studio, state: gr.State) -> TrainingTab:
 @errors_to_page
 def preview(mode_label: str, w: float, *, studio, tab: TrainingTab):
     mode = MODES[mode_label]
-    rows = studio.svc.preview(mode, float(w))
-    return {tab.preview_table: preview_frame(rows, mode), tab.histogram: histogram([getattr(r, mode) for r in rows])}
+    rows, note = studio.preview(mode, float(w))
+    label = PREVIEW_LABEL if note is None or mode == "model" else f"{PREVIEW_LABEL}. {note}"
+    return {
+        tab.preview_table: gr.Dataframe(value=preview_frame(rows, mode), label=label),
+        tab.histogram: histogram([getattr(r, mode) for r in rows]),
+    }
 
 
 def phase_of(studio, latest):
@@ -212,9 +222,13 @@ def round_view(studio, tab: TrainingTab) -> dict:
 
 
 @errors_to_page
-def start_round(st, mode_label, w, n_steps, n_batch, rate_lr, kl_coef, n_eval_prompts, *, studio, tab, mini_batch_size):
+def start_round(
+    st, mode_label, w, n_steps, n_batch, rate_lr, kl_coef, n_eval_prompts, replay=False, *, studio, tab, mini_batch_size
+):
     require_admin(st)
-    settings = round_settings(mode_label, w, n_steps, n_batch, rate_lr, kl_coef, n_eval_prompts, mini_batch_size)
+    settings = round_settings(
+        mode_label, w, n_steps, n_batch, rate_lr, kl_coef, n_eval_prompts, mini_batch_size, replay
+    )
     started = studio.start_round(settings)
     note = mini_batch_note(settings.batch_size, settings.mini_batch_size, mini_batch_size)
     info(
