@@ -142,3 +142,140 @@ class HumanRewardSource:
     def agreement(self):
         texts, labels, _ = self._rated()
         return cross_validated_agreement(texts, labels, self.features)
+
+
+# ---- agreement and the Auto weight ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AgreementRow:
+    """One line of the Reward tab's agreement table."""
+
+    what: str
+    measure: str
+    value: float | None
+    n: int  # items the figure is computed over
+
+
+def _binary(labels: Sequence[float]) -> bool:
+    return all(v in (0.0, 1.0) for v in labels)
+
+
+def agreement_with(labels: Sequence[float], scores: Sequence[float]) -> tuple[str, float | None]:
+    """How well `scores` order the items as the annotators did: AUROC when every mean score is 0 or 1, else
+    Spearman's rho against the mean scores; None when undefined (one class only, or no spread).
+
+    >>> agreement_with([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    ('AUROC', 0.75)
+    >>> agreement_with([0, 0.5, 1], [3.0, 2.0, 1.0])
+    ('Spearman', -1.0)
+    """
+    import numpy as np
+    from scipy.stats import spearmanr
+    from sklearn.metrics import roc_auc_score
+
+    if _binary(labels):
+        if len(set(labels)) < 2:
+            return "AUROC", None
+        return "AUROC", float(roc_auc_score(np.asarray(labels), np.asarray(scores)))
+    if len(set(labels)) < 2 or len(set(scores)) < 2:
+        return "Spearman", None
+    return "Spearman", float(spearmanr(labels, scores).statistic)
+
+
+def heldout_logits(
+    texts: Sequence[str], labels: Sequence[float], features: Callable, folds: int = 5, seed: int = 0
+) -> list[float]:
+    """Each rated text's learned-reward logit from a head fitted without it (k-fold): what a fresh text gets."""
+    import numpy as np
+    from sklearn.model_selection import KFold
+
+    from rlhf.reward_model import fit_head
+
+    check_enough(labels)
+    n = len(texts)
+    x = features(list(texts))
+    out = np.zeros(n)
+    for train, test in KFold(max(2, min(folds, n // 2)), shuffle=True, random_state=seed).split(np.zeros(n)):
+        ratings = _ratings([texts[i] for i in train], [labels[i] for i in train])
+        if len({v > 0.5 for v in ratings.labels}) < 2:  # a fold with one class: nothing to fit, no opinion
+            out[test] = 0.0
+            continue
+        head = fit_head(lambda t, _train=train: x[_train], ratings)
+        out[test] = head.logits(x[test])
+    return [float(v) for v in out]
+
+
+def best_weight(
+    labels: Sequence[float], human: Sequence[float], model: Sequence[float], grid: int = 11
+) -> tuple[float, float | None]:
+    """The blend weight (of `grid` steps in [0, 1]) whose blend of `human` and `model` (on one scale) best agrees
+    with the labels, and that agreement; the lowest weight wins a tie.
+
+    >>> best_weight([0, 0, 1, 1], human=[0.0, 1.0, 2.0, 3.0], model=[3.0, 0.0, 1.0, 2.0], grid=3)
+    (1.0, 1.0)
+    """
+    best = (0.0, None)
+    for k in range(grid):
+        w = k / (grid - 1)
+        _, value = agreement_with(labels, [w * h + (1 - w) * m for h, m in zip(human, model, strict=True)])
+        if value is not None and (best[1] is None or value > best[1] + 1e-12):
+            best = (w, value)
+    return best
+
+
+@dataclass(frozen=True)
+class AutoWeight:
+    weight: float
+    low: float  # 95% bootstrap interval over the rated items
+    high: float
+    agreement: float | None  # of the chosen blend with the annotators, cross-validated
+    measure: str
+    n: int
+
+
+def auto_weight(
+    texts: Sequence[str],
+    labels: Sequence[float],
+    model_rewards: Sequence[float],
+    features: Callable,
+    resamples: int = 200,
+    seed: int = 0,
+) -> AutoWeight:
+    """The Blend weight that best predicts held-out human labels: the learned reward scored cross-validated (each
+    text by a head that never saw its rating), calibrated to the classifier's scale, blended at each weight and
+    compared with the labels; the interval is the spread of the best weight over bootstrap resamples of the items."""
+    import random
+
+    logits = heldout_logits(texts, labels, features)
+    human = Calibration.of(logits, model_rewards).human(logits)
+    weight, value = best_weight(labels, human, model_rewards)
+    rng, picks = random.Random(seed), []
+    n = len(labels)
+    for _ in range(resamples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        w, v = best_weight([labels[i] for i in idx], [human[i] for i in idx], [model_rewards[i] for i in idx])
+        if v is not None:
+            picks.append(w)
+    picks.sort()
+    low, high = (picks[int(0.025 * len(picks))], picks[int(0.975 * (len(picks) - 1))]) if picks else (0.0, 1.0)
+    return AutoWeight(weight, low, high, value, agreement_with(labels, human)[0], n)
+
+
+def agreement_table(
+    texts: Sequence[str],
+    labels: Sequence[float],
+    model_rewards: Sequence[float],
+    features: Callable,
+    alpha: float | None,
+    alpha_items: int,
+) -> list[AgreementRow]:
+    """The classifier against the annotators, the learned reward against them (cross-validated) and the
+    annotators against each other, each with the number of items behind it."""
+    measure, classifier = agreement_with(labels, model_rewards) if labels else ("AUROC", None)
+    rows = [AgreementRow("reward classifier vs annotators", measure, classifier, len(labels))]
+    try:
+        learned = agreement_with(labels, heldout_logits(texts, labels, features))
+    except ValueError:  # too few ratings to fit one
+        learned = (measure, None)
+    rows.append(AgreementRow("learned reward vs annotators (cross-validated)", learned[0], learned[1], len(labels)))
+    rows.append(AgreementRow("annotators vs each other", "Krippendorff's alpha (interval)", alpha, alpha_items))
+    return rows

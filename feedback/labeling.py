@@ -238,8 +238,16 @@ class LabelingMixin:
 
     def agreement(self) -> float | None:
         """Krippendorff's alpha (interval) over every binary / 1-5 rating in the store."""
+        return self.agreement_detail()[0]
+
+    def agreement_detail(self) -> tuple[float | None, int]:
+        """Krippendorff's alpha and the number of items it rests on (those rated by two or more annotators)."""
         with self.Session.begin() as s:
-            return krippendorff_alpha(q.ratings_table(session=s))
+            table = q.ratings_table(session=s)
+        raters: dict[int, set[int]] = {}
+        for item, annotator, _ in table:
+            raters.setdefault(item, set()).add(annotator)
+        return krippendorff_alpha(table), sum(len(a) >= 2 for a in raters.values())
 
     def counts_per_annotator(self) -> list[tuple[str, int, int]]:
         with self.Session.begin() as s:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from db.session import database_url, default_data_dir, make_engine, make_session_factory, upgrade
 from feedback.downloads import Downloads
-from feedback.human_reward import HumanRewardSource
+from feedback.human_reward import HumanRewardSource, agreement_table, auto_weight
 from feedback.io import add_prompt_texts
 from feedback.model import ROUND_NICE
 from feedback.rounds import RoundRunner, RoundSettings, eta_text
@@ -198,6 +198,14 @@ class Studio:
         return load_features("classifier", self.cfg.reward.name_or_path)(texts)
 
     # ---- what the pages call ---------------------------------------------------------------------------------
+    def agreement_table(self):
+        """`feedback.human_reward.agreement_table` of the store's ratings."""
+        return agreement_table(*self.svc.rated_items(), self._reward_features, *self.svc.agreement_detail())
+
+    def auto_weight(self):
+        """`feedback.human_reward.auto_weight` of the store's ratings (ValueError, saying what to do, when too few)."""
+        return auto_weight(*self.svc.rated_items(), self._reward_features)
+
     def preview(self, mode: str, weight: float):
         """The labeled items and each mode's reward for them, as a round computes it, and a note when Human and
         Blend have no learned reward yet (None otherwise)."""

@@ -702,3 +702,52 @@ def test_pool_refills_from_the_policy_and_rated_items_drive_a_ppo_step(store, ti
     assert any(not torch.equal(p, lora_before[n]) for n, p in policy.named_parameters() if n in lora_before)
     with pytest.raises(ValueError, match="fewer than the PPO batch size"):
         next(sample_batches(samples[:3], cfg.ppo.batch_size))
+
+
+def test_auto_weight_follows_whichever_side_the_annotators_agree_with():
+    """Two scores per text, one that orders the items as the labels do and one that does not; the Auto weight
+    leans to the first whichever side it is on, and the agreement table reports each against the labels."""
+    import random
+
+    import numpy as np
+
+    from feedback.human_reward import agreement_table, auto_weight
+
+    rng = random.Random(0)
+    labels = [float(i % 2) for i in range(40)]
+    texts = [f"text {i}" for i in range(40)]
+    signal = {t: y + rng.gauss(0, 0.3) for t, y in zip(texts, labels, strict=True)}  # what the annotators follow
+    noise = [rng.gauss(0, 1) for _ in texts]
+
+    def features(batch):
+        return np.array([[signal[t], rng.gauss(0, 1)] for t in batch])
+
+    human_side = auto_weight(texts, labels, noise, features, resamples=50)  # the learned reward sees the signal
+    assert human_side.weight >= 0.7 and human_side.low <= human_side.weight <= human_side.high
+    model_side = auto_weight(
+        texts, labels, [signal[t] for t in texts], lambda b: np.array([[rng.gauss(0, 1)] for _ in b])
+    )
+    assert model_side.weight <= 0.3
+    rows = agreement_table(texts, labels, noise, features, alpha=0.5, alpha_items=3)
+    assert [(r.measure, r.n) for r in rows] == [("AUROC", 40), ("AUROC", 40), ("Krippendorff's alpha (interval)", 3)]
+    assert rows[1].value > 0.9 and abs(rows[0].value - 0.5) < 0.3 and rows[2].value == 0.5
+
+
+def test_auto_weight_recovers_the_weight_that_made_synthetic_ratings():
+    """Annotators who judge by 0.3 x what the learned reward can see + 0.7 x what the classifier scores."""
+    import random
+
+    import numpy as np
+
+    from feedback.human_reward import auto_weight
+
+    rng = random.Random(1)
+    n, w_true = 400, 0.3
+    texts = [f"text {i}" for i in range(n)]
+    seen = {t: rng.gauss(0, 1) for t in texts}  # the feature the learned reward reads
+    model = [rng.gauss(0, 1) for _ in texts]
+    labels = [
+        float(w_true * seen[t] + (1 - w_true) * m + rng.gauss(0, 0.1) > 0) for t, m in zip(texts, model, strict=True)
+    ]
+    a = auto_weight(texts, labels, model, lambda batch: np.array([[seen[t]] for t in batch]), resamples=100)
+    assert abs(a.weight - w_true) <= 0.1 and a.low <= w_true <= a.high and a.high - a.low <= 0.3

@@ -19,7 +19,7 @@ from ui.page import build_demo, status_text
 PAGE_IDS = {
     "status", "name", "kind", "prompt", "response", "response-a", "response-b", "reveal", "score", "comment",
     "rate-toxic", "rate-ok", "rate-1", "rate-2", "rate-3", "rate-4", "rate-5", "pick-a", "pick-b", "pick-tie",
-    "skip", "undo", "progress", "mode", "weight", "preview", "steps", "batch", "lr", "kl", "n-eval", "start-round",
+    "skip", "undo", "progress", "mode", "weight", "auto-weight", "auto-weight-note", "agreement", "preview", "replay", "steps", "batch", "lr", "kl", "n-eval", "start-round",
     "cancel-round", "round-status", "round-progress", "history", "version-pick", "rollback", "cmp-version",
     "heldout-pick", "cmp-prompt", "cmp-generate", "ref-out", "ref-score", "pol-out", "pol-score", "eval-n",
     "evaluate", "eval-table", "eval-summary", "upload", "text-col", "import", "import-result", "export",

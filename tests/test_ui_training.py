@@ -146,3 +146,27 @@ _ROUND_REST = dict(
     input_version_id=1,
     output_version_id=None,
 )
+
+
+def test_agreement_frame_and_auto_weight_text_are_plain_figures():
+    from feedback.human_reward import AgreementRow, AutoWeight
+    from ui.training import agreement_frame, auto_weight_text
+
+    frame = agreement_frame(
+        [
+            AgreementRow("reward classifier vs annotators", "AUROC", 0.81234, 12),
+            AgreementRow("annotators vs each other", "Krippendorff's alpha (interval)", None, 0),
+        ]
+    )
+    assert frame.to_dict("records") == [
+        {"between": "reward classifier vs annotators", "measure": "AUROC", "value": "0.812", "items": 12},
+        {
+            "between": "annotators vs each other",
+            "measure": "Krippendorff's alpha (interval)",
+            "value": "too few items yet",
+            "items": 0,
+        },
+    ]
+    text = auto_weight_text(AutoWeight(0.7, 0.4, 1.0, 0.912, "AUROC", 30))
+    assert text.startswith("Human weight 0.70 (95% bootstrap interval 0.40 to 1.00, 30 rated items)")
+    assert "cross-validated AUROC 0.912" in text

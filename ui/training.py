@@ -42,6 +42,34 @@ def preview_frame(rows: Sequence[PreviewRow], mode: str) -> pd.DataFrame:
     )
 
 
+AGREEMENT_COLUMNS = ["between", "measure", "value", "items"]
+
+
+def agreement_frame(rows) -> pd.DataFrame:
+    """The agreement table (`feedback.human_reward.AgreementRow`s), values as text with 3 decimals, or why not."""
+    return pd.DataFrame(
+        [
+            {
+                "between": r.what,
+                "measure": r.measure,
+                "value": "too few items yet" if r.value is None else f"{r.value:.3f}",
+                "items": r.n,
+            }
+            for r in rows
+        ],
+        columns=AGREEMENT_COLUMNS,
+    )
+
+
+def auto_weight_text(a) -> str:
+    """One line on the fitted Blend weight (`feedback.human_reward.AutoWeight`), as plain text."""
+    agreement = "" if a.agreement is None else f"; its blend's cross-validated {a.measure} {a.agreement:.3f}"
+    return (
+        f"Human weight {a.weight:.2f} (95% bootstrap interval {a.low:.2f} to {a.high:.2f}, {a.n} rated items)"
+        f"{agreement}. Set on the slider, with reward mode Blend."
+    )
+
+
 def histogram(values: Sequence[float | None], n_bins: int = 10) -> pd.DataFrame:
     """Counts in `n_bins` equal bins over the values' range ([0, 1] when they fit in it: probabilities and
     blends; the classifier's margin in model mode is unbounded). None values are left out."""
@@ -98,6 +126,9 @@ def round_status_text(latest, cancelling: bool = False) -> str:
 class TrainingTab:
     mode: gr.Radio
     weight: gr.Slider
+    auto: gr.Button
+    auto_note: gr.Textbox
+    agreement: gr.Dataframe
     preview_table: gr.Dataframe
     histogram: gr.BarPlot
     steps: gr.Number
@@ -127,6 +158,12 @@ def build_training_tab(studio, state: gr.State) -> TrainingTab:
         with gr.Row():
             mode = gr.Radio(list(MODES), value="Model", label="Reward mode", elem_id="mode")
             weight = gr.Slider(0, 1, value=0.5, step=0.05, label="Human weight (Blend)", elem_id="weight")
+        with gr.Row():
+            b_auto = gr.Button("Auto weight from the ratings", size="sm", elem_id="auto-weight")
+            auto_note = gr.Textbox(label="Auto weight", interactive=False, lines=1, elem_id="auto-weight-note")
+        agreement = gr.Dataframe(
+            label="Agreement with the annotators", interactive=False, headers=AGREEMENT_COLUMNS, elem_id="agreement"
+        )
         preview_table = gr.Dataframe(label=PREVIEW_LABEL, interactive=False, max_height=300, elem_id="preview")
         hist = gr.BarPlot(x="reward", y="items", title="Reward histogram (labeled items)", height=220)
         with gr.Row():
@@ -160,7 +197,7 @@ def build_training_tab(studio, state: gr.State) -> TrainingTab:
             b_rollback = gr.Button("Make this version current", elem_id="rollback")
 
     tab = TrainingTab(
-        mode=mode, weight=weight, preview_table=preview_table, histogram=hist, steps=steps, batch=batch, lr=lr,
+        mode=mode, weight=weight, auto=b_auto, auto_note=auto_note, agreement=agreement, preview_table=preview_table, histogram=hist, steps=steps, batch=batch, lr=lr,
         kl=kl, n_eval=n_eval, replay=replay, start=b_start, cancel=b_cancel, round_status=round_status,
         round_progress=round_progress, reward_plot=reward_plot, kl_plot=kl_plot, history=history,
         version_pick=version_pick, rollback=b_rollback,
@@ -170,6 +207,8 @@ def build_training_tab(studio, state: gr.State) -> TrainingTab:
     tab.weight.change(on_preview, [tab.mode, tab.weight], [tab.preview_table, tab.histogram])  # mouse and keys
     # ratings arrive while the page is open: opening the tab shows the items rated since it was last drawn
     tab_page.select(on_preview, [tab.mode, tab.weight], [tab.preview_table, tab.histogram])
+    tab_page.select(bind(agreement_view, studio=studio, tab=tab), None, [tab.agreement])
+    tab.auto.click(bind(fit_auto_weight, studio=studio, tab=tab), None, [tab.weight, tab.mode, tab.auto_note])
     tab.start.click(
         bind(start_round, studio=studio, tab=tab, mini_batch_size=defaults.mini_batch_size),
         [state, tab.mode, tab.weight, tab.steps, tab.batch, tab.lr, tab.kl, tab.n_eval, tab.replay],
@@ -189,6 +228,17 @@ def preview(mode_label: str, w: float, *, studio, tab: TrainingTab):
         tab.preview_table: gr.Dataframe(value=preview_frame(rows, mode), label=label),
         tab.histogram: histogram([getattr(r, mode) for r in rows]),
     }
+
+
+@errors_to_page
+def agreement_view(*, studio, tab: TrainingTab):
+    return {tab.agreement: agreement_frame(studio.agreement_table())}
+
+
+@errors_to_page
+def fit_auto_weight(*, studio, tab: TrainingTab):
+    a = studio.auto_weight()
+    return {tab.weight: a.weight, tab.mode: "Blend", tab.auto_note: auto_weight_text(a)}
 
 
 def phase_of(studio, latest):
