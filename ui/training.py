@@ -165,7 +165,7 @@ def build_training_tab(studio, state: gr.State) -> TrainingTab:
             label="Agreement with the annotators", interactive=False, headers=AGREEMENT_COLUMNS, elem_id="agreement"
         )
         preview_table = gr.Dataframe(label=PREVIEW_LABEL, interactive=False, max_height=300, elem_id="preview")
-        hist = gr.BarPlot(x="reward", y="items", title="Reward histogram (labeled items)", height=220)
+        hist = gr.BarPlot(x="reward", y="items", title="Reward histogram (labeled items)", height=220, visible=False)
         with gr.Row():
             steps = gr.Number(value=defaults.steps, label="PPO steps", precision=0, minimum=1, elem_id="steps")
             batch = gr.Number(value=defaults.batch_size, label="Batch size", precision=0, minimum=1, elem_id="batch")
@@ -189,8 +189,12 @@ def build_training_tab(studio, state: gr.State) -> TrainingTab:
         round_status = gr.Markdown(elem_id="round-status")
         round_progress = gr.HTML(progress_html(0, 0), elem_id="round-progress")
         with gr.Row():
-            reward_plot = gr.LinePlot(x="step", y="value", color="metric", title="Mean reward per step", height=240)
-            kl_plot = gr.LinePlot(x="step", y="value", color="metric", title="KL and loss per step", height=240)
+            reward_plot = gr.LinePlot(
+                x="step", y="value", color="metric", title="Mean reward per step", height=240, visible=False
+            )
+            kl_plot = gr.LinePlot(
+                x="step", y="value", color="metric", title="KL and loss per step", height=240, visible=False
+            )
         history = gr.Dataframe(label="Rounds", interactive=False, elem_id="history")
         with gr.Row():
             version_pick = gr.Dropdown(label="Policy version", choices=[], elem_id="version-pick")
@@ -226,7 +230,9 @@ def preview(mode_label: str, w: float, *, studio, tab: TrainingTab):
     label = PREVIEW_LABEL if note is None or mode == "model" else f"{PREVIEW_LABEL}. {note}"
     return {
         tab.preview_table: gr.Dataframe(value=preview_frame(rows, mode), label=label),
-        tab.histogram: histogram([getattr(r, mode) for r in rows]),
+        tab.histogram: gr.BarPlot(
+            histogram([getattr(r, mode) for r in rows]), visible=any(getattr(r, mode) is not None for r in rows)
+        ),
     }
 
 
@@ -265,8 +271,9 @@ def round_view(studio, tab: TrainingTab) -> dict:
     return {
         tab.round_status: round_status_text(latest, cancelling),
         tab.round_progress: bar,
-        tab.reward_plot: metric_frame(metrics, REWARD_SERIES),
-        tab.kl_plot: metric_frame(metrics, KL_LOSS_SERIES),
+        # no axes without data: an empty plot reads as a broken one
+        tab.reward_plot: gr.LinePlot(metric_frame(metrics, REWARD_SERIES), visible=bool(metrics)),
+        tab.kl_plot: gr.LinePlot(metric_frame(metrics, KL_LOSS_SERIES), visible=bool(metrics)),
         tab.history: history_frame(rounds, names),
     }
 
