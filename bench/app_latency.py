@@ -116,7 +116,9 @@ def _figures(latencies: list[float]) -> dict:
     return {"clicks": len(latencies), "p50_ms": q[49] * 1000, "p95_ms": q[94] * 1000, "max_ms": max(latencies) * 1000}
 
 
-def measure(app_args: list[str], clicks: int, pace: float, timeout: float, round_steps: int = 0) -> dict:
+def measure(
+    app_args: list[str], clicks: int, pace: float, timeout: float, round_steps: int = 0, round_eval: int | None = None
+) -> dict:
     from playwright.sync_api import sync_playwright
 
     port = _free_port()
@@ -169,6 +171,8 @@ def measure(app_args: list[str], clicks: int, pace: float, timeout: float, round
                     admin.locator("#start-round").wait_for(state="visible")
                     admin.wait_for_timeout(3000)
                     admin.locator("#steps input").fill(str(round_steps))
+                    if round_eval is not None:
+                        admin.locator("#n-eval input").fill(str(round_eval))
                     admin.click("#start-round")
                     status = admin.locator("#round-status")
                     t_round = time.monotonic()
@@ -215,11 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pace", type=float, default=1.0, help="seconds between an item shown and the next click")
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--round-steps", type=int, default=0, help="also measure while a round of this many steps trains")
+    p.add_argument("--round-eval", type=int, default=None, help="the round's held-out prompts (default: the page's)")
     args = p.parse_args(own)
     cpu = cpu_model()
     print(f"# app latency, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, {cpu}")
     print(f"# app.py {' '.join(app_args) or '(embedded default)'}; {args.clicks} clicks, {args.pace} s pace\n")
-    r = measure(app_args, args.clicks, args.pace, args.timeout, args.round_steps)
+    r = measure(app_args, args.clicks, args.pace, args.timeout, args.round_steps, args.round_eval)
     print(
         "| page served | first rateable item | clicks | click to next item p50 | p95 | max | clicks that waited for the pool |"
     )
