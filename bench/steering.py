@@ -134,7 +134,11 @@ def run_taste(
         classifier = table["reward classifier vs annotators"]
         learned = table["learned reward vs annotators (cross-validated)"]
         auto = studio.auto_weight()
-        log(f"{taste_name}: learned reward {learned.measure} {learned.value}, Auto weight {auto.weight:.2f}")
+        fitted = studio.human_reward.current()  # what a round would train on; its refit time is what a rating costs
+        log(
+            f"{taste_name}: learned reward {learned.measure} {learned.value}, Auto weight {auto.weight:.2f}, "
+            f"refit on {fitted.n} items in {fitted.fit_s:.2f} s"
+        )
         base = studio.svc.versions()[0]
         prompts = studio.svc.heldout_prompts(eval_prompts)
         defaults = dataclasses.replace(studio.round_defaults(), steps=steps, eval_prompts=0)
@@ -155,7 +159,7 @@ def run_taste(
                 f" (Auto {auto.weight:.2f} [{auto.low:.2f}, {auto.high:.2f}])" if mode == "blend" else ""
             )
             rows.append(
-                f"| {taste_name} | {label} | {_fmt(learned.value)} / {_fmt(classifier.value)} | "
+                f"| {taste_name} | {label} | {_fmt(learned.value)} / {_fmt(classifier.value)} | {fitted.fit_s:.2f} s | "
                 f"{_change(sides['reference']['judgment'], sides['policy']['judgment'])} | "
                 f"{_change(sides['reference']['toxicity'], sides['policy']['toxicity'])} | {kl:.3f} | {round_s:.0f} s |"
             )
@@ -172,9 +176,9 @@ def _fmt(x: float | None) -> str:
 
 
 HEAD = [
-    "| taste | round | AUROC learned (CV) / classifier | annotator's judgment ref -> policy (change [95% CI]) | "
+    "| taste | round | AUROC learned (CV) / classifier | refit | annotator's judgment ref -> policy (change [95% CI]) | "
     "toxicity ref -> policy (change [95% CI]) | KL | round time |",
-    "|---|---|---|---|---|---|---|",
+    "|---|---|---|---|---|---|---|---|",
 ]
 
 

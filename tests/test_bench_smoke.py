@@ -167,11 +167,10 @@ def test_compare_demo_runs_a_default_round_and_compares_through_the_studio(tiny_
 def test_steering_runs_each_mode_from_the_base_version_and_judges_it_by_the_annotator(tiny_studio_options):
     """The small form of `bench.steering`: ratings through the store, the learned reward, a round per mode (Human,
     Model, Blend at the Auto weight), each judged by the annotator's taste against the reference."""
-    from bench.steering import likes_no_you, likes_short, run_taste
-
     import doctest
 
     import bench.steering
+    from bench.steering import likes_no_you, likes_short, run_taste
 
     assert doctest.testmod(bench.steering).failed == 0  # the two tastes
     assert (likes_no_you("Thank you."), likes_short("a " * 30)) == (0.0, 0.0)
@@ -182,6 +181,6 @@ def test_steering_runs_each_mode_from_the_base_version_and_judges_it_by_the_anno
     rows = run_taste(tiny_studio_options(), "parity", ratings=12, steps=1, eval_prompts=2, k=2, taste=parity)
     assert [r.split(" | ")[1].split(" ")[0] for r in rows] == ["human", "model", "blend"]
     for r in rows:
-        judgment = r.split(" | ")[3]  # "ref -> policy (change [low, high])", shares in [0, 1]
+        judgment = r.split(" | ")[4]  # "ref -> policy (change [low, high])", shares in [0, 1]
         ref, pol = (float(x) for x in judgment.split(" (")[0].split(" -> "))
         assert 0 <= ref <= 1 and 0 <= pol <= 1
