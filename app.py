@@ -87,9 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--round-nice",
         type=int,
-        default=ROUND_NICE,
-        help="how far below labeling a round's CPU priority is (Linux nice, 0-19; 0: the same priority, for a "
-        f"machine that only trains) [{ROUND_NICE}]",
+        default=0,
+        help="how far below labeling a round's CPU priority is (Linux nice, 0-19; {ROUND_NICE}: labeling first, and a "
+        "round waits while labelers keep the pool refilling) [0]".replace("{ROUND_NICE}", str(ROUND_NICE)),
     )
     p.add_argument(
         "--max-prompt-chars", type=int, default=20_000, help="refuse imported prompts longer than this [20000]"

@@ -57,7 +57,10 @@ def cpu_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-ROUND_NICE = 19  # a round's CPU priority below the labeling side's (the highest nice: it runs on what is left)
+# "Labeling first": a round on what the labeling side leaves (the highest nice). Not the default: measured with a
+# labeler rating every 2 s on 2 cores, SmolLM2's refill never idled and a 2-step round sat at 0/2 steps for 7 minutes,
+# while click-to-next stayed at p50 ~0.7 s (the refill and the page share one interpreter's GIL, not only the cores).
+ROUND_NICE = 19
 
 
 def lower_priority(nice: int = ROUND_NICE) -> int | None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from db.models import utcnow
 from feedback.human_reward import HumanReward, HumanRewardSource
-from feedback.model import ROUND_NICE, StudioModel, lower_priority, sample_batches, step_on_samples
+from feedback.model import StudioModel, lower_priority, sample_batches, step_on_samples
 from feedback.service import FeedbackService
 from feedback.types import PPOSample, PromptRef, RoundInfo
 
@@ -99,7 +99,7 @@ class RoundRunner:
         svc: FeedbackService,
         model: StudioModel,
         versions_dir: Path,
-        nice: int = ROUND_NICE,
+        nice: int = 0,
         human: HumanRewardSource | None = None,
     ):
         self.svc = svc

@@ -15,7 +15,6 @@ from db.session import database_url, default_data_dir, make_engine, make_session
 from feedback.downloads import Downloads
 from feedback.human_reward import HumanRewardSource, agreement_table, auto_weight
 from feedback.io import add_prompt_texts
-from feedback.model import ROUND_NICE
 from feedback.rounds import RoundRunner, RoundSettings, eta_text
 from feedback.service import FeedbackService
 from feedback.types import RoundInfo, VersionInfo
@@ -38,7 +37,7 @@ class StudioOptions:
     heldout: int = 64  # prompts of the default set kept for evaluation
     pool_size: int = 16  # generations made at start-up and per refill; a refill starts when fewer are left
     first_items: int = 4  # generated first at start-up, so labeling starts before the rest of the pool is made
-    round_nice: int = ROUND_NICE  # a round's CPU priority below labeling's (Linux nice; 0: the same)
+    round_nice: int = 0  # a round's CPU priority below labeling's (Linux nice; ROUND_NICE: labeling first)
     pool_copy: bool = True  # fill the pool from an inference copy of the policy, so rounds never stall labeling
     max_prompt_chars: int = 20_000  # imported prompts longer than this are refused
     min_new_tokens: int | None = None

@@ -308,6 +308,7 @@ def test_a_round_reports_its_phases_with_an_estimate(studio, monkeypatch):
 
     nice = set()
     monkeypatch.setattr(RoundRunner, "_enter", spy)
+    studio.runner.nice = 7  # --round-nice 7
     studio.start_round(RoundSettings(mode="model", steps=2, batch_size=4, mini_batch_size=2, eval_prompts=4))
     studio.runner.wait(120)
     assert seen == [
@@ -319,7 +320,7 @@ def test_a_round_reports_its_phases_with_an_estimate(studio, monkeypatch):
     ]
     assert studio.runner.phase is None  # nothing runs any more
     if sys.platform == "linux":  # every phase ran at the round's lower CPU priority, and the test's thread kept its own
-        assert nice == {min(19, os.getpriority(os.PRIO_PROCESS, 0) + feedback.model.ROUND_NICE)}
+        assert nice == {min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)}
 
 
 def test_rounds_doctests():
