@@ -78,7 +78,7 @@ class HumanReward:
 def _ratings(texts: Sequence[str], labels: Sequence[float]):
     from rlhf.reward_model import Ratings
 
-    kind = "binary" if all(v in (0.0, 1.0) for v in labels) else "scale"
+    kind = "binary" if _binary(labels) else "scale"
     return Ratings(kind, list(texts), [float(v) for v in labels], [float(v) for v in labels])
 
 
@@ -108,14 +108,6 @@ def fit_human_reward(
     )
 
 
-def cross_validated_agreement(texts: Sequence[str], labels: Sequence[float], features: Callable, c: float = 1.0):
-    """`rlhf.reward_model.cross_validate` of the learned reward against the annotators (an `Agreement`)."""
-    from rlhf.reward_model import cross_validate
-
-    check_enough(labels)
-    return cross_validate(features, _ratings(texts, labels), c=c)
-
-
 class HumanRewardSource:
     """The current human reward of a store, refitted when its ratings have changed since the last fit.
 
@@ -138,10 +130,6 @@ class HumanRewardSource:
             if self._fitted is None or self._fitted[0] != key:
                 self._fitted = (key, fit_human_reward(texts, labels, model, self.features))
             return self._fitted[1]
-
-    def agreement(self):
-        texts, labels, _ = self._rated()
-        return cross_validated_agreement(texts, labels, self.features)
 
 
 # ---- agreement and the Auto weight ----------------------------------------------------------------------------------
