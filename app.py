@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute
 
 from feedback.model import ROUND_NICE
 from feedback.studio import Studio, StudioOptions
+from rlhf.reward_model import BACKBONES
 
 __all__ = ["add_users", "export_route", "launch", "main", "options_from", "parse_args"]
 
@@ -92,6 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "round waits while labelers keep the pool refilling) [0]".replace("{ROUND_NICE}", str(ROUND_NICE)),
     )
     p.add_argument(
+        "--human-backbone",
+        choices=BACKBONES,
+        default="policy",
+        help="frozen features the learned human reward is fitted on: the policy's base model, or the reward "
+        "classifier (BENCHMARKS.md: the policy's middle layer learns tastes the classifier does not see) [policy]",
+    )
+    p.add_argument(
         "--max-prompt-chars", type=int, default=20_000, help="refuse imported prompts longer than this [20000]"
     )
     p.add_argument("--max-new-tokens", type=int, default=None, help="longest response, in tokens")
@@ -132,6 +140,7 @@ def options_from(args: argparse.Namespace) -> StudioOptions:
         round_nice=args.round_nice,
         max_prompt_chars=args.max_prompt_chars,
         max_new_tokens=args.max_new_tokens,
+        human_backbone=args.human_backbone,
     )
     if args.data_dir is not None:
         opts.data_dir = args.data_dir

@@ -43,6 +43,7 @@ class StudioOptions:
     min_new_tokens: int | None = None
     max_new_tokens: int | None = None
     device: str = "auto"
+    human_backbone: str = "policy"  # the learned human reward's frozen features: "policy" (base) or "classifier"
 
     def run_config(self):
         from rlhf.config import preset
@@ -191,10 +192,14 @@ class Studio:
         self.log(f"imported {len(train)} training and {len(held)} held-out prompts")
 
     def _reward_features(self, texts):
-        """The human reward's backbone: frozen features of the reward classifier (`rlhf reward fit`'s default)."""
+        """The human reward's backbone (`--human-backbone`): frozen features of the policy's base model (adapter off,
+        `rlhf reward fit`'s default) or of the reward classifier, on the device the models use."""
+        from rlhf.models import resolve_device
         from rlhf.reward_model import load_features
 
-        return load_features("classifier", self.cfg.reward.name_or_path)(texts)
+        backbone = self.options.human_backbone
+        source = self.cfg.policy.name_or_path if backbone == "policy" else self.cfg.reward.name_or_path
+        return load_features(backbone, source, device=str(resolve_device(self.cfg.device)))(texts)
 
     # ---- what the pages call ---------------------------------------------------------------------------------
     def agreement_table(self):

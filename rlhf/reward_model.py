@@ -139,18 +139,41 @@ def ratings_from_rows(
 
 
 # ---- features ----------------------------------------------------------------------------------------------------
-class EncoderFeatures:
-    """Mean-pooled last hidden states of a frozen transformers model (a causal LM's base, or an encoder)."""
+LAYERS = ("last", "middle")
 
-    def __init__(self, name_or_path: str, batch_size: int = 16, max_length: int = 256, device: str = "cpu"):
+
+def default_layer(backbone: str) -> str:
+    """The hidden layer a backbone's features are pooled from: the middle one of a policy (a language model's middle
+    layers carry more of what a linear head needs than its last, which is shaped to predict the next token: on 200
+    SmolLM2 answers, 5-fold AUROC 0.94 against 0.80 for the "you" taste and 0.94 against 0.84 for "over 25 words",
+    and 0.93 against 0.91 on 400 labelled tweets), and a classifier's last one, which was trained for its task."""
+    return "middle" if backbone == "policy" else "last"
+
+
+class EncoderFeatures:
+    """Mean-pooled hidden states (the `layer`: "last" or "middle") of a frozen transformers model (a causal LM's
+    base, or an encoder)."""
+
+    def __init__(
+        self,
+        name_or_path: str,
+        batch_size: int = 16,
+        max_length: int = 256,
+        device: str = "cpu",
+        layer: str = "last",
+    ):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        self.name = name_or_path
+        if layer not in LAYERS:
+            raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
+        self.name, self.layer = name_or_path, layer
         self.tok = AutoTokenizer.from_pretrained(name_or_path)
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         self.model = AutoModel.from_pretrained(name_or_path, dtype=torch.float32).to(device).eval()
+        if self.model.config.is_encoder_decoder:  # a seq2seq policy (T5): its encoder reads the text
+            self.model = self.model.get_encoder()
         self.batch_size, self.max_length, self.device = batch_size, max_length, device
         self._cache: dict[str, np.ndarray] = {}
 
@@ -162,7 +185,9 @@ class EncoderFeatures:
             batch = todo[i : i + self.batch_size]
             enc = self.tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
             with torch.no_grad():
-                hidden = self.model(**enc.to(self.device)).last_hidden_state.float()
+                out = self.model(**enc.to(self.device), output_hidden_states=self.layer == "middle")
+            hidden = out.hidden_states[len(out.hidden_states) // 2] if self.layer == "middle" else out.last_hidden_state
+            hidden = hidden.float()
             mask = enc["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             for t, v in zip(batch, pooled.cpu().numpy(), strict=True):
@@ -190,8 +215,11 @@ def _key(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def load_features(backbone: str, source: str) -> Callable[[Sequence[str]], np.ndarray]:
-    """The frozen feature extractor `backbone` of `source` (a policy or classifier, as the run config names it)."""
+def load_features(
+    backbone: str, source: str, layer: str | None = None, device: str = "cpu"
+) -> Callable[[Sequence[str]], np.ndarray]:
+    """The frozen feature extractor `backbone` of `source` (a policy or classifier, as the run config names it),
+    pooled from `layer` (`default_layer(backbone)` when None)."""
     from rlhf.config import EMBEDDED_PROFANITY, EMBEDDED_SMOLLM2
 
     if backbone not in BACKBONES:
@@ -202,7 +230,7 @@ def load_features(backbone: str, source: str) -> Callable[[Sequence[str]], np.nd
         from rlhf.offline import ensure_smollm2
 
         source = str(ensure_smollm2())
-    return EncoderFeatures(source)
+    return EncoderFeatures(source, device=device, layer=layer or default_layer(backbone))
 
 
 # ---- the head ----------------------------------------------------------------------------------------------------
@@ -322,6 +350,7 @@ def _design(features, ratings: Ratings):
 class FitReport:
     backbone: str
     source: str
+    layer: str
     agreement: Agreement
     fit_s: float  # the final fit on every rating, features included
     cv_s: float
@@ -349,14 +378,15 @@ def fit(
         )
     preset = offline_preset()
     source = source or (preset.policy.name_or_path if backbone == "policy" else preset.reward.name_or_path)
-    features = load_features(backbone, source)
+    layer = default_layer(backbone)
+    features = load_features(backbone, source, layer)
     t0 = time.perf_counter()
     agreement = cross_validate(features, ratings, folds, c)
     cv_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     head = fit_head(features, ratings, c)
     fit_s = time.perf_counter() - t0
-    report = FitReport(backbone, source, agreement, fit_s, cv_s)
+    report = FitReport(backbone, source, layer, agreement, fit_s, cv_s)
     log(
         f"{ratings.kind} ratings: {len(ratings)}; cross-validated agreement ({agreement.folds} folds): {_fmt(agreement)}"
     )
@@ -393,7 +423,8 @@ class LearnedRewardScorer:
         meta = json.loads((folder / MODEL_FILE).read_text())
         self.name = str(folder)
         self.meta = meta
-        self.features = load_features(meta["backbone"], meta["source"])
+        # folders written before features had a layer pooled the last one
+        self.features = load_features(meta["backbone"], meta["source"], meta.get("layer", "last"))
         saved = np.load(folder / HEAD_FILE)
         self.head = LinearHead(saved["coef"], float(saved["intercept"][0]), saved["mean"], saved["scale"])
 

@@ -96,10 +96,38 @@ def test_the_policy_backbone_reads_a_causal_models_hidden_states(tmp_path, tiny_
     assert report.agreement.auroc is not None and report.agreement.n == 60
     scorer = rm.LearnedRewardScorer(model)
     features = scorer.features(ratings.texts[:3])
-    assert features.shape == (3, scorer.features.model.config.hidden_size)  # mean-pooled last hidden states
+    assert features.shape == (3, scorer.features.model.config.hidden_size)
+    assert report.layer == scorer.features.layer == "middle"
     # the head reproduces sklearn's decision function on the same features
     scaler, head = rm._fit_head(scorer.features(ratings.texts), "binary", rm.np.asarray(ratings.labels), 1.0)
     assert scorer.logits(ratings.texts[:3]) == pytest.approx(head.decision_function(scaler.transform(features)))
+
+
+def test_features_pool_the_layer_asked_for_and_old_folders_keep_the_last(tmp_path, tiny_llama, tiny_t5, files):
+    import torch
+
+    texts = ["thanks for the notes", "see you at noon, ok?"]
+    middle = rm.EncoderFeatures(str(tiny_llama), layer="middle")
+    last = rm.EncoderFeatures(str(tiny_llama), layer="last")
+    enc = middle.tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        hidden = middle.model(**enc, output_hidden_states=True).hidden_states
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    for features, h in ((middle, hidden[len(hidden) // 2]), (last, hidden[-1])):
+        pooled = ((h * mask).sum(1) / mask.sum(1)).numpy()
+        assert features(texts) == pytest.approx(pooled, abs=1e-5)
+    assert not rm.np.allclose(middle(texts), last(texts))
+    # a seq2seq policy's features are its encoder's
+    assert rm.EncoderFeatures(str(tiny_t5), layer="middle")(texts).shape[0] == 2
+    # a folder written before features had a layer was fitted on the last one, and still loads as such
+    model = tmp_path / "rm"
+    rm.fit(rm.ratings_from_rows(rm.read_rows(files["binary"])), model, "policy", str(tiny_llama), log=lambda _: None)
+    meta = rm.json.loads((model / rm.MODEL_FILE).read_text())
+    del meta["layer"]
+    (model / rm.MODEL_FILE).write_text(rm.json.dumps(meta))
+    assert rm.LearnedRewardScorer(model).features.layer == "last"
+    with pytest.raises(ValueError, match="layer must be one of"):
+        rm.EncoderFeatures(str(tiny_llama), layer="first")
 
 
 def test_a_file_with_other_columns_or_labels_gets_a_clear_error(tmp_path):
