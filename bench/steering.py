@@ -85,13 +85,14 @@ def rate_items(studio, annotator: TasteAnnotator, n: int, timeout: float = 3600.
     return done
 
 
-def judge_version(studio, version, prompts, taste, k: int, reference=None, seed: int = 1234):
-    """The version against the reference on `prompts`, k answers each: per-prompt judgment and toxicity."""
+def judge_version(studio, version, prompts, taste, k: int, reference=None, seed: int = 1234, batch: int | None = None):
+    """The version against the reference on `prompts`, k answers each (generated `batch` prompts at once, the
+    app's generation batch when None): per-prompt judgment and toxicity."""
     from rlhf.evaluate import sample_answers, sample_reference
 
     model = studio.require_model()
     queries = [model.encode(p.text) for p in prompts]
-    gen = model.cfg.generation
+    gen = dataclasses.replace(model.cfg.generation, batch_size=batch or model.cfg.generation.batch_size)
     with model.using(version):
         if reference is None:
             reference = sample_reference(model.policy, queries, gen, seed, k)
@@ -114,11 +115,23 @@ def _change(ref, pol) -> str:
     return f"{sum(ref) / len(ref):.3f} -> {sum(pol) / len(pol):.3f} ({v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}])"
 
 
+MODES = ("human", "model", "blend")
+
+
 def run_taste(
-    options, taste_name: str, ratings: int, steps: int, eval_prompts: int, k: int, taste=None, log=print
+    options,
+    taste_name: str,
+    ratings: int,
+    steps: int,
+    eval_prompts: int,
+    k: int,
+    taste=None,
+    log=print,
+    modes: tuple[str, ...] = MODES,
+    eval_batch: int | None = None,
 ) -> list[str]:
-    """One taste (`TASTES[taste_name]` unless `taste` is given) on a fresh store (`options`: a `StudioOptions`);
-    returns its table rows."""
+    """One taste (`TASTES[taste_name]` unless `taste` is given) on a fresh store (`options`: a `StudioOptions`),
+    a round in each of `modes`; returns its table rows."""
     from feedback.studio import Studio
 
     taste = taste or TASTES[taste_name]
@@ -143,7 +156,9 @@ def run_taste(
         prompts = studio.svc.heldout_prompts(eval_prompts)
         defaults = dataclasses.replace(studio.round_defaults(), steps=steps, eval_prompts=0)
         rows, reference = [], None
-        for mode, weight in (("human", 1.0), ("model", 0.0), ("blend", auto.weight)):
+        weights = {"human": 1.0, "model": 0.0, "blend": auto.weight}
+        for mode in modes:
+            weight = weights[mode]
             studio.rollback(base.id)
             t0 = time.perf_counter()
             studio.start_round(dataclasses.replace(defaults, mode=mode, weight=weight))
@@ -153,7 +168,7 @@ def run_taste(
                 raise SystemExit(f"{taste_name} {mode} round ended {rnd.status}: {rnd.error}")
             round_s = time.perf_counter() - t0
             sides, kl, reference = judge_version(
-                studio, studio.svc.current_version(), prompts, taste, k, reference=reference
+                studio, studio.svc.current_version(), prompts, taste, k, reference=reference, batch=eval_batch
             )
             label = f"{mode}" + (
                 f" (Auto {auto.weight:.2f} [{auto.low:.2f}, {auto.high:.2f}])" if mode == "blend" else ""
@@ -190,20 +205,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-prompts", type=int, default=256)
     p.add_argument("--eval-answers", type=int, default=4)
     p.add_argument("--heldout", type=int, default=256, help="held-out prompts the store keeps")
+    p.add_argument("--modes", default=",".join(MODES), help="the rounds to run, each from the base version")
+    p.add_argument("--backbone", default="policy", help="the learned reward's features: policy or classifier")
+    p.add_argument("--pool-size", type=int, default=16, help="items per pool refill")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--eval-batch", type=int, default=None, help="prompts generated at once when judging [the app's]")
     p.add_argument("--out", type=Path, default=Path("runs/steering.md"))
     args = p.parse_args(argv)
     from feedback.studio import StudioOptions
 
+    modes = tuple(args.modes.split(","))
+    if set(modes) - set(MODES):
+        p.error(f"--modes takes some of {','.join(MODES)}, got {args.modes}")
     lines = [
         f"`python -m bench.steering --tastes {args.tastes} --ratings {args.ratings} --steps {args.steps} "
-        f"--eval-prompts {args.eval_prompts} --eval-answers {args.eval_answers}`, embedded default.",
+        f"--eval-prompts {args.eval_prompts} --eval-answers {args.eval_answers} --modes {args.modes} "
+        f"--backbone {args.backbone}`, embedded default.",
         "",
         *HEAD,
     ]
     for name in args.tastes.split(","):
         with tempfile.TemporaryDirectory() as data:
-            options = StudioOptions(data_dir=Path(data), heldout=max(args.heldout, args.eval_prompts))
-            lines += run_taste(options, name, args.ratings, args.steps, args.eval_prompts, args.eval_answers)
+            options = StudioOptions(
+                data_dir=Path(data),
+                heldout=max(args.heldout, args.eval_prompts),
+                pool_size=args.pool_size,
+                device=args.device,
+                human_backbone=args.backbone,
+            )
+            lines += run_taste(
+                options,
+                name,
+                args.ratings,
+                args.steps,
+                args.eval_prompts,
+                args.eval_answers,
+                modes=modes,
+                eval_batch=args.eval_batch,
+            )
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
