@@ -146,10 +146,20 @@ def run_taste(
         table = {r.what: r for r in studio.agreement_table()}
         classifier = table["reward classifier vs annotators"]
         learned = table["learned reward vs annotators (cross-validated)"]
+        # the annotator slips (flips 5% of its ratings), so even its own taste does not order the ratings perfectly:
+        # the learned reward is also scored against the taste itself, and the taste against the ratings is the most
+        # any reward can reach against them
+        from feedback.human_reward import agreement_with, heldout_logits
+
+        texts, labels, _ = studio.svc.rated_items()
+        intent = [taste(t) for t in texts]
+        vs_taste = agreement_with(intent, heldout_logits(texts, labels, studio._reward_features))[1]
+        ceiling = agreement_with(labels, intent)[1]
         auto = studio.auto_weight()
         fitted = studio.human_reward.current()  # what a round would train on; its refit time is what a rating costs
         log(
-            f"{taste_name}: learned reward {learned.measure} {learned.value}, Auto weight {auto.weight:.2f}, "
+            f"{taste_name}: learned reward {learned.measure} {_fmt(learned.value)} against the ratings, "
+            f"{_fmt(vs_taste)} against the taste (the taste itself: {_fmt(ceiling)}), Auto weight {auto.weight:.2f}, "
             f"refit on {fitted.n} items in {fitted.fit_s:.2f} s"
         )
         base = studio.svc.versions()[0]
@@ -174,7 +184,8 @@ def run_taste(
                 f" (Auto {auto.weight:.2f} [{auto.low:.2f}, {auto.high:.2f}])" if mode == "blend" else ""
             )
             rows.append(
-                f"| {taste_name} | {label} | {_fmt(learned.value)} / {_fmt(classifier.value)} | {fitted.fit_s:.2f} s | "
+                f"| {taste_name} | {label} | {_fmt(learned.value)} / {_fmt(vs_taste)} / {_fmt(ceiling)} / "
+                f"{_fmt(classifier.value)} | {fitted.fit_s:.2f} s | "
                 f"{_change(sides['reference']['judgment'], sides['policy']['judgment'])} | "
                 f"{_change(sides['reference']['toxicity'], sides['policy']['toxicity'])} | {kl:.3f} | {round_s:.0f} s |"
             )
@@ -191,7 +202,9 @@ def _fmt(x: float | None) -> str:
 
 
 HEAD = [
-    "| taste | round | AUROC learned (CV) / classifier | refit | annotator's judgment ref -> policy (change [95% CI]) | "
+    "| taste | round | AUROC: learned (CV) vs ratings / learned (CV) vs taste / taste vs ratings / classifier vs "
+    "ratings | refit (features cached) | "
+    "annotator's judgment ref -> policy (change [95% CI]) | "
     "toxicity ref -> policy (change [95% CI]) | KL | round time |",
     "|---|---|---|---|---|---|---|---|",
 ]
