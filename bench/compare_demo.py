@@ -69,7 +69,7 @@ def run(options, prompts: int, seeds: int, steps: int | None, eval_prompts: int 
             pairs.append((ref, pol))
             if 1 - ref.p_not_offensive > 0.5:
                 flagged.append((p, seed, ref, pol))
-    studio.db_engine.dispose()
+    studio.close()
     lines = [
         f"One model-mode round with the page's defaults ({settings.steps} steps, batch {settings.batch_size}, lr "
         f"{settings.learning_rate:g}, KL coefficient {settings.init_kl_coef:g}), {round_s:.0f} s including its before "

@@ -192,9 +192,7 @@ def run_taste(
             log(rows[-1])
         return rows
     finally:
-        if studio.runner is not None:
-            studio.runner.wait()
-        studio.db_engine.dispose()
+        studio.close(timeout=None)
 
 
 def _fmt(x: float | None) -> str:

@@ -2,8 +2,9 @@
 drive PPO steps with stored, rated generations.
 
 Everything that uses the training policy takes `StudioModel.lock`: evaluation and training share one queue of heavy
-work. The pool is filled from a second, inference-only copy of the current version with its own lock, so labeling
-never waits for a round (unless the copy is turned off to save memory). (The name is not "engine": that word is
+work. The pool is filled from a second, inference-only copy of the current version in a process of its own
+(`feedback.pool_worker`), so labeling never waits for a round and generation never holds the page's interpreter
+(unless the copy is turned off to save memory). (The name is not "engine": that word is
 SQLAlchemy's, for the database connection.)
 """
 
@@ -196,9 +197,7 @@ class StudioModel:
         version_id: the version the policy holds as loaded (the base version, with a fresh adapter).
     """
 
-    def __init__(self, cfg, policy, scorer, version_id: int, pool_copy: bool = True):
-        import copy
-
+    def __init__(self, cfg, policy, scorer, version_id: int, pool_generator=None):
         from peft import get_peft_model_state_dict
 
         self.cfg = cfg
@@ -208,16 +207,15 @@ class StudioModel:
         self._base_adapter = {k: v.detach().clone() for k, v in get_peft_model_state_dict(policy.model).items()}
         self._base_value_head = {k: v.detach().clone() for k, v in policy.value_head.state_dict().items()}
         self.generator = PolicyGenerator(policy, scorer, cfg, version_id, self.lock)
-        # set while a round computes (not while it waits for the pool): the pool copy then takes half the cores
+        # set while a round computes (not while it waits for the pool): the pool process then takes half the cores
         self.training = threading.Event()
-        # What fills the pool: an inference-only copy holding the current version, with its own lock, so items
-        # keep coming while a round trains the policy (memory: one more copy of the model); or, without the copy,
-        # the training policy itself, which then waits for the round.
-        self.pool_generator = (
-            PolicyGenerator(copy.deepcopy(policy), scorer, cfg, version_id, threading.RLock(), share=self._pool_threads)
-            if pool_copy
-            else self.generator
-        )
+        # What fills the pool: an inference copy of the policy in a process of its own (`feedback.pool_worker`), so
+        # items keep coming while a round trains and generation never holds the page's interpreter (memory: one
+        # more copy of the model and a Python runtime); or, without it, the training policy itself, which then
+        # waits for the round.
+        self.pool_generator = pool_generator if pool_generator is not None else self.generator
+        if pool_generator is not None:
+            pool_generator.share = self._pool_threads
         self._held_adapter: str | None = None  # the adapter folder of the version the policy holds (None: base)
         self._reference_samples: dict[tuple, list] = {}  # see evaluate
         self._judge = None  # the second toxicity judge, loaded at the first evaluation (see judge)
@@ -241,14 +239,30 @@ class StudioModel:
 
     @classmethod
     def load(cls, cfg, version_id: int, log=print, pool_copy: bool = True) -> StudioModel:
+        """The app's models; with `pool_copy`, the pool process starts first and loads its copy beside these."""
         from rlhf.models import load_policy
         from rlhf.scorers import load_scorer
 
-        log(f"loading policy {cfg.policy.name_or_path} ...")
-        policy = load_policy(cfg.policy, cfg.device, log=log)
-        log(f"loading reward model {cfg.reward.name_or_path} ...")
-        scorer = load_scorer(cfg.reward, cfg.device)
-        return cls(cfg, policy, scorer, version_id, pool_copy)
+        pool = None
+        if pool_copy:
+            from feedback.pool_worker import ProcessGenerator
+
+            pool = ProcessGenerator(cfg, version_id)
+        try:
+            log(f"loading policy {cfg.policy.name_or_path} ...")
+            policy = load_policy(cfg.policy, cfg.device, log=log)
+            log(f"loading reward model {cfg.reward.name_or_path} ...")
+            scorer = load_scorer(cfg.reward, cfg.device)
+            return cls(cfg, policy, scorer, version_id, pool)
+        except BaseException:
+            if pool is not None:
+                pool.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the pool process, if there is one."""
+        if self.pool_generator is not self.generator:
+            self.pool_generator.close()
 
     def _load_weights(self, policy, version_id: int, adapter_path: str | None) -> None:
         """A version's LoRA and value-head weights into `policy` (None: the base version's)."""
@@ -285,12 +299,9 @@ class StudioModel:
 
     def serve(self, version_id: int, adapter_path: str | None) -> None:
         """Fill the pool from this version from now on (the current one: at start, after a round, a rollback)."""
-        gen = self.pool_generator
-        if gen is self.generator:
+        if self.pool_generator is self.generator:
             return  # no copy: the pool follows the training policy, which holds the current version between rounds
-        with gen.lock:
-            self._load_weights(gen.policy, version_id, adapter_path)
-            gen.version_id = version_id
+        self.pool_generator.serve(version_id, adapter_path)
 
     def holds(self, version_id: int, adapter_path: str | None) -> None:
         """Record which version the policy's weights are now: `use_version` does, and so does a round, which

@@ -122,6 +122,16 @@ class Studio:
         self.started_at = time.perf_counter()
         self._thread: threading.Thread | None = None
 
+    def close(self, timeout: float | None = 60) -> None:
+        """Wait (at most `timeout` s) for a running round, stop the pool process and release the database."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.runner is not None:
+            self.runner.wait(timeout)
+        if self.model is not None:
+            self.model.close()
+        self.db_engine.dispose()
+
     def log(self, message: str) -> None:
         self.status = message
         self._log_fn(message)

@@ -77,9 +77,7 @@ def studio_url(tiny_studio_options):
     app, _, _ = launch(studio, "127.0.0.1", port, auth=True, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/", studio
     app.close() if hasattr(app, "close") else None
-    if studio.runner is not None:
-        studio.runner.wait(60)
-    studio.db_engine.dispose()
+    studio.close()
 
 
 def _wait_for(predicate, timeout=60.0, every=0.25, what="condition"):

@@ -32,9 +32,7 @@ def studio(tiny_studio_options):
     assert s.ready.is_set(), s.error
     _wait_for_refill(s)  # ready after the first items; the rest of the pool follows in the background
     yield s
-    if s.runner is not None:
-        s.runner.wait(60)
-    s.db_engine.dispose()
+    s.close()
 
 
 def _wait_for_refill(studio, timeout: float = 120.0) -> None:
@@ -63,8 +61,10 @@ def test_start_up_imports_prompts_and_fills_a_first_pool(studio):
     assert studio.svc.current_version().name == "v0 (base)"
     # ready after the first few items; the rest of the pool (pool_size 8) followed in the background
     assert studio.svc.unrated_count() == studio.options.first_items + 8  # fewer than 8 were left: one refill
-    # the pool comes from its own copy of the policy, so a round training the policy never stalls labeling
-    assert studio.model.pool_generator.policy is not studio.model.policy
+    # the pool comes from its own copy of the policy, in a process of its own, so a round training the policy never
+    # stalls labeling and generation never holds the page's interpreter
+    pool = studio.model.pool_generator._process
+    assert pool.is_alive() and pool.pid != os.getpid()
 
 
 def test_a_round_makes_a_new_current_version_and_new_items_come_from_it(studio):
@@ -209,7 +209,7 @@ def test_a_missing_model_is_reported_and_the_store_stays_usable(tmp_path, tiny_s
     with pytest.raises(ValueError, match="does not exist"):
         s.require_model()
     assert s.svc.annotator("still-works").name == "still-works"
-    s.db_engine.dispose()
+    s.close()
 
 
 def test_evaluations_sample_the_reference_once_per_prompt_set(studio, monkeypatch):
@@ -349,7 +349,7 @@ def test_labeling_starts_after_the_first_items_and_the_pool_fills_behind_it(tiny
         _wait_for_refill(s)
         assert s.svc.unrated_count() == 2 + 8
     finally:
-        s.db_engine.dispose()
+        s.close()
 
 
 # ---- a round gives way to labeling ----------------------------------------------------------------------------
@@ -475,7 +475,7 @@ def test_the_pages_round_defaults_are_the_cli_recipe(tiny_studio_options):
         cli.ppo.learning_rate,
         cli.ppo.init_kl_coef,
     )
-    s.db_engine.dispose()
+    s.close()
 
 
 def test_human_and_blend_rounds_train_on_fresh_samples_scored_by_the_learned_reward(studio):
