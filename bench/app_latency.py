@@ -117,7 +117,13 @@ def _figures(latencies: list[float]) -> dict:
 
 
 def measure(
-    app_args: list[str], clicks: int, pace: float, timeout: float, round_steps: int = 0, round_eval: int | None = None
+    app_args: list[str],
+    clicks: int,
+    pace: float,
+    timeout: float,
+    round_steps: int = 0,
+    round_eval: int | None = None,
+    round_clicks: int | None = None,
 ) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -190,7 +196,9 @@ def measure(
                             say("round: " + " ".join(text.split())[:160])
                         return not re.search("running|queued", text)
 
-                    lat, waits, longest = _click_through(page, shown, current, 10**6, pace, until=round_over, say=say)
+                    lat, waits, longest = _click_through(
+                        page, shown, current, round_clicks or 10**6, pace, until=round_over, say=say
+                    )
                     during = _figures(lat) | {
                         "pool_waits": waits,
                         "longest_wait_s": longest,
@@ -220,11 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--round-steps", type=int, default=0, help="also measure while a round of this many steps trains")
     p.add_argument("--round-eval", type=int, default=None, help="the round's held-out prompts (default: the page's)")
+    p.add_argument(
+        "--round-clicks", type=int, default=None, help="stop clicking after this many during the round [its end]"
+    )
     args = p.parse_args(own)
     cpu = cpu_model()
     print(f"# app latency, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, {cpu}")
     print(f"# app.py {' '.join(app_args) or '(embedded default)'}; {args.clicks} clicks, {args.pace} s pace\n")
-    r = measure(app_args, args.clicks, args.pace, args.timeout, args.round_steps, args.round_eval)
+    r = measure(app_args, args.clicks, args.pace, args.timeout, args.round_steps, args.round_eval, args.round_clicks)
     print(
         "| page served | first rateable item | clicks | click to next item p50 | p95 | max | clicks that waited for the pool |"
     )

@@ -238,31 +238,16 @@ class StudioModel:
             self.training.clear()
 
     @classmethod
-    def load(cls, cfg, version_id: int, log=print, pool_copy: bool = True) -> StudioModel:
-        """The app's models; with `pool_copy`, the pool process starts first and loads its copy beside these."""
+    def load(cls, cfg, version_id: int, log=print, pool_generator=None) -> StudioModel:
+        """The app's models (`pool_generator`: the pool process, already started; None: the pool uses these)."""
         from rlhf.models import load_policy
         from rlhf.scorers import load_scorer
 
-        pool = None
-        if pool_copy:
-            from feedback.pool_worker import ProcessGenerator
-
-            pool = ProcessGenerator(cfg, version_id)
-        try:
-            log(f"loading policy {cfg.policy.name_or_path} ...")
-            policy = load_policy(cfg.policy, cfg.device, log=log)
-            log(f"loading reward model {cfg.reward.name_or_path} ...")
-            scorer = load_scorer(cfg.reward, cfg.device)
-            return cls(cfg, policy, scorer, version_id, pool)
-        except BaseException:
-            if pool is not None:
-                pool.close()
-            raise
-
-    def close(self) -> None:
-        """Stop the pool process, if there is one."""
-        if self.pool_generator is not self.generator:
-            self.pool_generator.close()
+        log(f"loading policy {cfg.policy.name_or_path} ...")
+        policy = load_policy(cfg.policy, cfg.device, log=log)
+        log(f"loading reward model {cfg.reward.name_or_path} ...")
+        scorer = load_scorer(cfg.reward, cfg.device)
+        return cls(cfg, policy, scorer, version_id, pool_generator)
 
     def _load_weights(self, policy, version_id: int, adapter_path: str | None) -> None:
         """A version's LoRA and value-head weights into `policy` (None: the base version's)."""

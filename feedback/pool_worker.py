@@ -23,13 +23,20 @@ from feedback.types import NewGeneration, PromptRef
 
 log = logging.getLogger(__name__)
 
+# The pool process's CPU priority below the page's and the round's (Linux nice): a click's handler and a round's step
+# take the cores when they need them, the refill takes what is left. A round waits for the refill while the pool is
+# low (`feedback.rounds`), so the refill is not starved by one; `--round-nice 19` puts the round below it.
+POOL_NICE = 10
+
 
 class WorkerError(RuntimeError):
     """The pool process failed a request, or died; the message says what it raised."""
 
 
-def _serve_requests(conn, cfg, threads: int | None) -> None:
+def _serve_requests(conn, cfg, threads: int | None, nice: int) -> None:
     """The child's loop: load the models, then answer (command, args) requests until "stop" or the pipe closes."""
+    import os
+
     import torch
 
     from feedback.model import PolicyGenerator, StudioModel
@@ -47,6 +54,11 @@ def _serve_requests(conn, cfg, threads: int | None) -> None:
     except Exception as err:  # noqa: BLE001 - sent to the parent, which shows it
         conn.send(("error", f"{type(err).__name__}: {err}"))
         return
+    if nice and hasattr(os, "nice"):
+        try:
+            os.nice(nice)
+        except OSError as err:
+            log.warning("could not lower the pool process's CPU priority: %s", err)
     conn.send(("ready", None))
     gen: PolicyGenerator = model.generator
     while True:
@@ -81,6 +93,7 @@ class ProcessGenerator:
         share: the CPU threads the child may use for the next call (None: its start-up default), read at each call,
             so a round training beside it can take its half of the cores.
         threads: the child's torch threads at start (None: torch's default, every core).
+        nice: how far below the app's CPU priority the child runs once loaded (Linux nice; 0: the same).
     """
 
     def __init__(
@@ -89,6 +102,7 @@ class ProcessGenerator:
         version_id: int,
         share: Callable[[], int | None] | None = None,
         threads: int | None = None,
+        nice: int = POOL_NICE,
     ):
         self.cfg = cfg
         self.version_id = version_id
@@ -97,7 +111,7 @@ class ProcessGenerator:
         ctx = mp.get_context("spawn")  # a fresh interpreter: no forked locks, no copy of the page's threads
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(
-            target=_serve_requests, args=(child, cfg, threads), name="rlhf-studio-pool", daemon=True
+            target=_serve_requests, args=(child, cfg, threads, nice), name="rlhf-studio-pool", daemon=True
         )
         self._process.start()
         child.close()

@@ -114,6 +114,7 @@ class Studio:
         self.svc.ensure_base_version()
         self.human_reward = HumanRewardSource(self.svc.rated_items, self._reward_features)
         self.model = None  # the loaded `StudioModel`, once start-up has got that far
+        self._pool = None  # the pool process (`feedback.pool_worker.ProcessGenerator`), once started
         self.runner: RoundRunner | None = None
         self.status = "starting"
         self.phase = StartPhase("starting", time.perf_counter())
@@ -128,8 +129,8 @@ class Studio:
             self._thread.join(timeout)
         if self.runner is not None:
             self.runner.wait(timeout)
-        if self.model is not None:
-            self.model.close()
+        if self._pool is not None:
+            self._pool.close()
         self.db_engine.dispose()
 
     def log(self, message: str) -> None:
@@ -152,39 +153,66 @@ class Studio:
             self._start()
 
     def _start(self) -> None:
+        """Prompts, then (with the pool process) the pool's copy and the first items, so labeling starts before the
+        app's own copy of the policy loads for rounds and Compare; without it, the models and then the first items."""
         from feedback.model import StudioModel
 
         try:
             self._import_default_prompts()
             current = self.svc.current_version()
-            self._enter("loading the policy and the reward model (a first start converts the model once)")
-            model = StudioModel.load(
-                self.cfg, self.svc.versions()[0].id, log=self.log, pool_copy=self.options.pool_copy
+            base_id = self.svc.versions()[0].id
+            if self.options.pool_copy:
+                self._pool = self._start_pool(current, base_id)
+            self._enter(
+                "loading the policy and the reward model"
+                + ("" if self._pool else " (a first start converts the model once)")
             )
+            model = StudioModel.load(self.cfg, base_id, log=self.log, pool_generator=self._pool)
             if current.adapter_path is not None:
                 self._enter(f"loading policy version {current.name}")
                 model.use_version(current.id, current.adapter_path)
-                model.serve(current.id, current.adapter_path)
             self.model = model
             self.svc.generator = model.pool_generator
             self.runner = RoundRunner(
                 self.svc, model, self.data_dir / "versions", nice=self.options.round_nice, human=self.human_reward
             )
-            first = min(self.options.first_items, self.options.pool_size)
-            if self.svc.unrated_count() < first:
-                # a few items first, so labeling starts now; the rest of the pool follows in the background
-                self._enter("generating the first items", 0, first)
-                self.svc.refill_if_low(size=first)
-                if self.svc.last_refill_error:
-                    raise RuntimeError(self.svc.last_refill_error)
-            self.log(f"ready in {time.perf_counter() - self.started_at:.0f} s")
-            self.ready.set()
-            self.svc.refill_in_background()
+            if self._pool is None:
+                self._first_items()
+            self.log(f"models loaded in {time.perf_counter() - self.started_at:.0f} s")
         except Exception as err:  # noqa: BLE001 - shown on the page; the store stays usable
             log.exception("start-up failed")
             self.error = f"{type(err).__name__}: {err}"
             self.status = f"start-up failed: {self.error}"
             self._log_fn(self.status)
+
+    def _start_pool(self, current, base_id: int):
+        """The pool process, holding the current version, and the first items from it; labeling starts here."""
+        from feedback.pool_worker import ProcessGenerator
+
+        self._enter("loading the policy for labeling (a first start converts the model once)")
+        pool = ProcessGenerator(self.cfg, base_id)
+        try:
+            pool.wait_ready()
+            if current.adapter_path is not None:
+                pool.serve(current.id, current.adapter_path)
+        except BaseException:
+            pool.close()
+            raise
+        self.svc.generator = pool
+        self._first_items()
+        return pool
+
+    def _first_items(self) -> None:
+        """A few items first, so labeling starts now; the rest of the pool follows in the background."""
+        first = min(self.options.first_items, self.options.pool_size)
+        if self.svc.unrated_count() < first:
+            self._enter("generating the first items", 0, first)
+            self.svc.refill_if_low(size=first)
+            if self.svc.last_refill_error:
+                raise RuntimeError(self.svc.last_refill_error)
+        self.log(f"ready in {time.perf_counter() - self.started_at:.0f} s")
+        self.ready.set()
+        self.svc.refill_in_background()
 
     def _import_default_prompts(self) -> None:
         counts = self.svc.prompt_counts()
