@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import random
 import re
 import tempfile
@@ -85,6 +86,39 @@ def rate_items(studio, annotator: TasteAnnotator, n: int, timeout: float = 3600.
     return done
 
 
+class _RefitTimes(logging.Handler):
+    """The app's background refits of the human reward (`HumanRewardSource.refit_in_background`) while the block
+    runs: (items, seconds) each, features of the newly rated texts included."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.fits: list[tuple[int, float]] = []
+        self._logger = logging.getLogger("feedback.human_reward")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("human reward refitted"):
+            self.fits.append(record.args)
+
+    def __enter__(self):
+        self._level = self._logger.level
+        self._logger.setLevel(logging.INFO)
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._level)
+
+    def summary(self) -> str:
+        if not self.fits:
+            return "no background refit"
+        secs = sorted(s for _, s in self.fits)
+        return (
+            f"{len(secs)} background refits while rating (up to {max(n for n, _ in self.fits)} items): median "
+            f"{secs[len(secs) // 2]:.2f} s, longest {secs[-1]:.2f} s"
+        )
+
+
 def judge_version(studio, version, prompts, taste, k: int, reference=None, seed: int = 1234, batch: int | None = None):
     """The version against the reference on `prompts`, k answers each (generated `batch` prompts at once, the
     app's generation batch when None): per-prompt judgment and toxicity."""
@@ -139,10 +173,12 @@ def run_taste(
     studio.start(background=False)
     if studio.error:
         raise SystemExit(studio.error)
+    refits = _RefitTimes()
     try:
         t0 = time.perf_counter()
-        rate_items(studio, TasteAnnotator(f"likes-{taste_name}", taste), ratings)
-        log(f"{taste_name}: {ratings} ratings in {time.perf_counter() - t0:.0f} s")
+        with refits:
+            rate_items(studio, TasteAnnotator(f"likes-{taste_name}", taste), ratings)
+        log(f"{taste_name}: {ratings} ratings in {time.perf_counter() - t0:.0f} s; {refits.summary()}")
         table = {r.what: r for r in studio.agreement_table()}
         classifier = table["reward classifier vs annotators"]
         learned = table["learned reward vs annotators (cross-validated)"]
@@ -225,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from feedback.studio import StudioOptions
 
-    modes = tuple(args.modes.split(","))
+    modes = tuple(m for m in args.modes.split(",") if m)  # none: the ratings and the agreement only
     if set(modes) - set(MODES):
         p.error(f"--modes takes some of {','.join(MODES)}, got {args.modes}")
     lines = [

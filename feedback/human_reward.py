@@ -10,6 +10,7 @@ the weight means what it says, since neither side can dominate by its units.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -17,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from feedback.rewards import blend
+
+log = logging.getLogger(__name__)
 
 MIN_RATED = 4  # rated items before a human reward is fitted (and 2 on each side of 0.5)
 
@@ -122,6 +125,25 @@ class HumanRewardSource:
         self._lock = threading.Lock()
         self._fitted: tuple[tuple, HumanReward] | None = None
 
+    def refit_in_background(self, interval: float = 5.0, stop: threading.Event | None = None) -> threading.Thread:
+        """Keep the reward fitted as ratings arrive: every `interval` s, refit when the ratings have changed, in a
+        daemon thread (until `stop` is set), so a round or the Reward tab finds it ready. Each refit costs the
+        features of the newly rated texts and the head's fit (`HumanReward.fit_s`)."""
+        stop = stop or threading.Event()
+
+        def loop():
+            while not stop.wait(interval):
+                try:
+                    self.current()
+                except ValueError:
+                    pass  # too few ratings yet
+                except Exception:  # noqa: BLE001 - logged; a round refits (and reports) on its own
+                    log.exception("refitting the human reward failed")
+
+        t = threading.Thread(target=loop, name="human-reward-refit", daemon=True)
+        t.start()
+        return t
+
     def current(self) -> HumanReward:
         """The reward fitted on the ratings as they are now (ValueError, saying what to do, when too few)."""
         texts, labels, model = self._rated()
@@ -129,6 +151,7 @@ class HumanRewardSource:
         with self._lock:
             if self._fitted is None or self._fitted[0] != key:
                 self._fitted = (key, fit_human_reward(texts, labels, model, self.features))
+                log.info("human reward refitted on %d items in %.2f s", self._fitted[1].n, self._fitted[1].fit_s)
             return self._fitted[1]
 
 

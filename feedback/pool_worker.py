@@ -108,42 +108,66 @@ class ProcessGenerator:
         self.version_id = version_id
         self.share = share
         self.lock = threading.RLock()  # one request at a time on the pipe
+        self._threads, self._nice = threads, nice
+        self._adapter: str | None = None  # the adapter folder of the version the child holds (None: base)
+        self._spawn()
+
+    def _spawn(self) -> None:
         ctx = mp.get_context("spawn")  # a fresh interpreter: no forked locks, no copy of the page's threads
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(
-            target=_serve_requests, args=(child, cfg, threads, nice), name="rlhf-studio-pool", daemon=True
+            target=_serve_requests,
+            args=(child, self.cfg, self._threads, self._nice),
+            name="rlhf-studio-pool",
+            daemon=True,
         )
         self._process.start()
         child.close()
         self._ready = False
 
     def _call(self, command: str, args):
-        self.wait_ready()
         with self.lock:
+            if not self._process.is_alive() and self._ready:
+                # it died (killed, out of memory) after an earlier call failed: a new one, holding the same version
+                log.warning("the pool process had stopped (exit code %s); starting a new one", self._process.exitcode)
+                self._conn.close()
+                self._spawn()
+                self.wait_ready()
+                if self._adapter is not None:
+                    self._send("serve", (self.version_id, self._adapter))
+            self.wait_ready()
+            return self._send(command, args)
+
+    def _send(self, command: str, args):
+        try:
             self._conn.send((command, args))
-            return self._receive(command)
+        except (OSError, ValueError) as err:
+            raise WorkerError(f"the pool process has stopped (exit code {self._process.exitcode})") from err
+        return self._receive(command)
 
     def _receive(self, what: str):
         try:
             status, result = self._conn.recv()
         except (EOFError, OSError) as err:
             code = self._process.exitcode
-            raise WorkerError(f"the pool process died while {what} (exit code {code}); restart the app") from err
+            raise WorkerError(
+                f"the pool process stopped while {what} (exit code {code}); the next refill starts a new one"
+            ) from err
         if status == "error":
-            raise WorkerError(f"the pool process failed {what}: {result}")
+            raise WorkerError(result if what == "loading" else f"the pool process failed {what}: {result}")
         return result
 
     def wait_ready(self) -> None:
-        """Block until the child has loaded its models (raises WorkerError if it could not)."""
+        """Block until the child has loaded its models (raises WorkerError, with the child's error, if it could not)."""
         with self.lock:
             if not self._ready:
-                self._receive("loading the policy")
+                self._receive("loading")
                 self._ready = True
 
     def serve(self, version_id: int, adapter_path: str | None) -> None:
         """Generate from this version from now on (its adapter folder; None: the base version)."""
         self._call("serve", (version_id, adapter_path))
-        self.version_id = version_id
+        self.version_id, self._adapter = version_id, adapter_path
 
     def generate(self, prompts: Sequence[PromptRef]) -> list[NewGeneration]:
         threads = self.share() if self.share is not None else None

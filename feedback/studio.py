@@ -115,6 +115,7 @@ class Studio:
         self.human_reward = HumanRewardSource(self.svc.rated_items, self._reward_features)
         self.model = None  # the loaded `StudioModel`, once start-up has got that far
         self._pool = None  # the pool process (`feedback.pool_worker.ProcessGenerator`), once started
+        self._stopping = threading.Event()  # set by close: background work ends
         self.runner: RoundRunner | None = None
         self.status = "starting"
         self.phase = StartPhase("starting", time.perf_counter())
@@ -125,6 +126,7 @@ class Studio:
 
     def close(self, timeout: float | None = 60) -> None:
         """Wait (at most `timeout` s) for a running round, stop the pool process and release the database."""
+        self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
         if self.runner is not None:
@@ -178,6 +180,7 @@ class Studio:
             )
             if self._pool is None:
                 self._first_items()
+            self.human_reward.refit_in_background(stop=self._stopping)
             self.log(f"models loaded in {time.perf_counter() - self.started_at:.0f} s")
         except Exception as err:  # noqa: BLE001 - shown on the page; the store stays usable
             log.exception("start-up failed")

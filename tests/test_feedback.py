@@ -751,3 +751,35 @@ def test_auto_weight_recovers_the_weight_that_made_synthetic_ratings():
     ]
     a = auto_weight(texts, labels, model, lambda batch: np.array([[seen[t]] for t in batch]), resamples=100)
     assert abs(a.weight - w_true) <= 0.1 and a.low <= w_true <= a.high and a.high - a.low <= 0.3
+
+
+def test_the_human_reward_refits_in_the_background_as_ratings_arrive():
+    import threading
+    import time
+
+    import numpy as np
+
+    from feedback.human_reward import HumanRewardSource
+
+    rated = {"texts": ["a", "bb", "ccc"], "labels": [0.0, 1.0, 1.0]}
+
+    def items():
+        return list(rated["texts"]), list(rated["labels"]), [0.0] * len(rated["texts"])
+
+    source = HumanRewardSource(items, lambda batch: np.array([[len(t)] for t in batch], dtype=float))
+    stop = threading.Event()
+    thread = source.refit_in_background(interval=0.05, stop=stop)
+    try:
+        time.sleep(0.3)
+        assert source._fitted is None  # 3 ratings: too few to fit, and the loop goes on
+        rated["texts"] += ["dddd", "e"]
+        rated["labels"] += [1.0, 0.0]
+        deadline = time.monotonic() + 10
+        while source._fitted is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert source._fitted is not None and source._fitted[1].n == 5  # fitted without anyone asking
+        assert source.current() is source._fitted[1]  # and a round finds it ready
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()

@@ -67,6 +67,17 @@ def test_start_up_imports_prompts_and_fills_a_first_pool(studio):
     assert pool.is_alive() and pool.pid != os.getpid()
 
 
+def test_a_pool_process_that_died_is_replaced_at_the_next_refill(studio):
+    pool = studio.model.pool_generator
+    before = pool._process.pid
+    pool._process.kill()
+    pool._process.join(10)
+    (prompt,) = studio.svc.training_prompts(1)
+    (gen,) = pool.generate([prompt])
+    assert gen.prompt_id == prompt.id and gen.response_ids
+    assert pool._process.is_alive() and pool._process.pid != before
+
+
 def test_a_round_makes_a_new_current_version_and_new_items_come_from_it(studio):
     before = _lora(studio)
     info = studio.start_round(RoundSettings(mode="model", steps=2, batch_size=4, mini_batch_size=2, eval_prompts=4))
@@ -339,13 +350,15 @@ def test_labeling_starts_after_the_first_items_and_the_pool_fills_behind_it(tiny
 
     def log(message):
         if message.startswith("ready"):
-            seen.append(holder["studio"].svc.unrated_count())
+            seen.append((holder["studio"].svc.unrated_count(), holder["studio"].model))
 
     s = Studio(tiny_studio_options(first_items=2), log_fn=log)
     holder["studio"] = s
     s.start(background=False)
     try:
-        assert seen == [2], "ready as soon as the first two items were stored"
+        # ready as soon as the first two items were stored, from the pool process, before the app's own copy loaded
+        assert seen == [(2, None)]
+        assert s.model is not None
         _wait_for_refill(s)
         assert s.svc.unrated_count() == 2 + 8
     finally:
