@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import threading
-import traceback
 from collections.abc import Callable, Sequence
 
 from feedback.types import NewGeneration, PromptRef
@@ -81,7 +80,7 @@ def _serve_requests(conn, cfg, threads: int | None, nice: int) -> None:
                 raise ValueError(f"unknown request {command!r}")
             conn.send(("ok", result))
         except Exception as err:  # noqa: BLE001 - the parent raises it as a WorkerError
-            conn.send(("error", f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"))
+            conn.send(("error", f"{type(err).__name__}: {err}"))
 
 
 class ProcessGenerator:

@@ -76,6 +76,13 @@ def test_a_pool_process_that_died_is_replaced_at_the_next_refill(studio):
     (gen,) = pool.generate([prompt])
     assert gen.prompt_id == prompt.id and gen.response_ids
     assert pool._process.is_alive() and pool._process.pid != before
+    # a request that fails comes back as the child's own error, and the process goes on serving
+    from feedback.pool_worker import WorkerError
+
+    held = pool.version_id
+    with pytest.raises(WorkerError, match=r"failed serve: ValueError: .*adapter_model.safetensors is missing"):
+        pool.serve(999, "/nonexistent/adapter")
+    assert pool.version_id == held and pool.generate([prompt])[0].prompt_id == prompt.id
 
 
 def test_a_round_makes_a_new_current_version_and_new_items_come_from_it(studio):
