@@ -145,3 +145,7 @@ class TrainingRound(Base):
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started: Mapped[datetime | None] = mapped_column(DateTime)
     finished: Mapped[datetime | None] = mapped_column(DateTime)
+    # the running process's last sign of life (`feedback.rounds.HEARTBEAT_S`); another process sharing the database
+    # treats a queued or running round as alive while this is recent
+    heartbeat: Mapped[datetime | None] = mapped_column(DateTime)
+    owner: Mapped[str | None] = mapped_column(String(200))  # "host:pid" of the app process running it

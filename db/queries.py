@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, delete, exists, func, or_, select, update
+from sqlalchemy import and_, case, delete, exists, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -413,11 +413,48 @@ def list_rounds(*, session: Session) -> list[TrainingRound]:
     return list(session.scalars(select(TrainingRound).order_by(TrainingRound.id.desc())))
 
 
-def mark_interrupted_rounds(*, session: Session) -> int:
-    """Rounds left queued or running by a process that died: they cannot resume, so say so."""
+def unfinished_rounds(*, session: Session) -> list[TrainingRound]:
+    return list(session.scalars(select(TrainingRound).where(TrainingRound.status.in_(("queued", "running")))))
+
+
+def mark_interrupted_rounds(stale_after: timedelta, also: Sequence[int] = (), *, session: Session) -> int:
+    """Rounds left queued or running by a process that died (no heartbeat for `stale_after`, or their ids in
+    `also`): they cannot resume, so say so. A round with a recent heartbeat belongs to a live app process on this
+    database and is left alone."""
     res = session.execute(
         update(TrainingRound)
         .where(TrainingRound.status.in_(("queued", "running")))
+        .where(
+            or_(
+                TrainingRound.heartbeat.is_(None),
+                TrainingRound.heartbeat < utcnow() - stale_after,
+                TrainingRound.id.in_(list(also)),
+            )
+        )
         .values(status="interrupted", finished=utcnow(), error="the app stopped while this round was running")
     )
     return res.rowcount or 0
+
+
+def live_round(stale_after: timedelta, *, session: Session) -> TrainingRound | None:
+    """A queued or running round whose process beat within `stale_after` (any app process on this database)."""
+    return session.scalars(
+        select(TrainingRound)
+        .where(TrainingRound.status.in_(("queued", "running")))
+        .where(TrainingRound.heartbeat >= utcnow() - stale_after)
+        .limit(1)
+    ).first()
+
+
+def beat_round(round_id: int, *, session: Session) -> None:
+    session.execute(update(TrainingRound).where(TrainingRound.id == round_id).values(heartbeat=utcnow()))
+
+
+def lock_rounds(*, session: Session) -> None:
+    """Serialise round creation across processes for this transaction: PostgreSQL's transaction-scoped advisory
+    lock (SQLite's BEGIN IMMEDIATE already holds the write lock)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ROUNDS_LOCK_KEY})
+
+
+ROUNDS_LOCK_KEY = 7_242_001  # the advisory-lock key of round creation (any constant no other code uses)

@@ -33,6 +33,7 @@ from feedback.types import PPOSample, PromptRef, RoundInfo
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT_S = 15.0  # how often a running round tells the database its process is alive (see versions.ROUND_LEASE)
 GIVE_WAY_S = 120.0  # the longest a round waits for the pool before each phase (see RoundRunner._give_way)
 
 
@@ -110,6 +111,7 @@ class RoundRunner:
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
         self._active = threading.Event()  # set from start until the round's outcome is stored
+        self._beat_stop = threading.Event()  # set when the running round's heartbeat should stop
         self._phase = RoundPhase("", 0, 0, None)
         self._guard = threading.Lock()
         self.round_id: int | None = None
@@ -155,11 +157,23 @@ class RoundRunner:
                 log.warning("round %s: %s", info.id, note)
             self._cancel.clear()
             self._active.set()
+            self._beat_stop = threading.Event()
+            threading.Thread(
+                target=self._beat, args=(info.id, self._beat_stop), name=f"round-{info.id}-heartbeat", daemon=True
+            ).start()
             self._thread = threading.Thread(
                 target=self._run, args=(info, settings, ppo, human), name=f"round-{info.id}", daemon=True
             )
             self._thread.start()
             return info
+
+    def _beat(self, round_id: int, stop: threading.Event) -> None:
+        """The round's heartbeat until it ends, so other app processes on the database know it is alive."""
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                self.svc.beat_round(round_id)
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease is four beats long
+                log.exception("round %s: heartbeat failed", round_id)
 
     def _human_reward(self, settings: RoundSettings) -> HumanReward | None:
         """The learned reward a Human or Blend round trains on (None in model mode); refuses, saying what to do,
@@ -296,6 +310,7 @@ class RoundRunner:
         finally:
             if staging is not None and staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+            self._beat_stop.set()
             self._active.clear()
         svc.refill_if_low()  # new items from whichever version is current now
 

@@ -71,6 +71,9 @@ class StudioOptions:
         return cfg
 
 
+FOLLOW_S = 5.0  # how often the app checks whether another process on its database changed the current version
+
+
 @dataclass(frozen=True)
 class StartPhase:
     """What start-up is doing: a phase, when it began (perf_counter), and done of total where it counts."""
@@ -181,12 +184,37 @@ class Studio:
             if self._pool is None:
                 self._first_items()
             self.human_reward.refit_in_background(stop=self._stopping)
+            threading.Thread(target=self._follow_loop, name="follow-current", daemon=True).start()
             self.log(f"models loaded in {time.perf_counter() - self.started_at:.0f} s")
         except Exception as err:  # noqa: BLE001 - shown on the page; the store stays usable
             log.exception("start-up failed")
             self.error = f"{type(err).__name__}: {err}"
             self.status = f"start-up failed: {self.error}"
             self._log_fn(self.status)
+
+    def _follow_loop(self) -> None:
+        while not self._stopping.wait(FOLLOW_S):
+            try:
+                self.follow_current()
+            except Exception:  # noqa: BLE001 - logged; the next check tries again
+                log.exception("following the current policy version failed")
+
+    def follow_current(self) -> bool:
+        """Serve the store's current version when another app process on the database made it current (a round
+        ended there, or a rollback), so new items come from it; returns whether the version changed."""
+        model = self.model
+        if model is None or (self.runner is not None and self.runner.running):
+            return False  # a round here makes its own version current and serves it
+        cur = self.svc.current_version()
+        if cur is None or model.pool_generator.version_id == cur.id:
+            return False
+        self.log(f"policy version {cur.name} is current (set by another app process); new items come from it")
+        if model.pool_generator is model.generator:
+            model.use_version(cur.id, cur.adapter_path)
+        else:
+            model.serve(cur.id, cur.adapter_path)
+        self.svc.refill_in_background()
+        return True
 
     def _start_pool(self, current, base_id: int):
         """The pool process, holding the current version, and the first items from it; labeling starts here."""

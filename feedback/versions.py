@@ -3,7 +3,10 @@ part of `FeedbackService` that the learning side reads and writes."""
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
+from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -13,6 +16,31 @@ from feedback.human_reward import HumanReward
 from feedback.rewards import blend, comparison_scores, mean_or_none
 from feedback.types import PPOSample, PreviewRow, RoundInfo, VersionInfo
 from rlhf.scorers import reward_of
+
+# App processes may share one database. A queued or running round is alive while its process beats (every
+# `feedback.rounds.HEARTBEAT_S`); one silent for ROUND_LEASE, or owned by a process of this host that no longer
+# exists, was cut off and is marked interrupted. Only one round runs at a time across all processes.
+ROUND_LEASE = timedelta(seconds=60)
+OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_died(owner: str | None) -> bool:
+    """The app process `owner` ("host:pid") ran on this host and exists no more (False when it is elsewhere: only
+    its heartbeat can tell then).
+
+    >>> owner_died(f"{socket.gethostname()}:{os.getpid()}"), owner_died("some-other-host:1")
+    (False, False)
+    """
+    host, _, pid = (owner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, under another user
+        return False
+    return False
 
 
 class VersionsMixin:
@@ -148,6 +176,14 @@ class VersionsMixin:
     def create_round(self, config: dict, mode: str, weight: float) -> RoundInfo:
         blend([], [], mode, weight)
         with self.Session.begin() as s:
+            q.lock_rounds(session=s)  # one creator at a time, across processes
+            self._mark_dead_rounds(s)
+            live = q.live_round(ROUND_LEASE, session=s)
+            if live is not None:
+                raise ValueError(
+                    f"round {live.id} is still running (in another app process on this database); wait for it or "
+                    "cancel it there"
+                )
             cur = q.current_version(session=s)
             if cur is None:
                 raise ValueError("the store has no policy version yet")
@@ -158,6 +194,8 @@ class VersionsMixin:
                 status="queued",
                 metrics=[],
                 input_version_id=cur.id,
+                heartbeat=utcnow(),
+                owner=OWNER,
             )
             s.add(r)
             s.flush()
@@ -194,9 +232,21 @@ class VersionsMixin:
         with self.Session.begin() as s:
             return [_round(r) for r in q.list_rounds(session=s)]
 
-    def mark_interrupted_rounds(self) -> int:
+    def beat_round(self, round_id: int) -> None:
+        """The running round's heartbeat: its process is alive."""
         with self.Session.begin() as s:
-            return q.mark_interrupted_rounds(session=s)
+            q.beat_round(round_id, session=s)
+
+    def mark_interrupted_rounds(self) -> int:
+        """Mark the rounds whose process died (see ROUND_LEASE) interrupted; a round another live process runs on
+        this database is left alone. Returns how many were marked."""
+        with self.Session.begin() as s:
+            return self._mark_dead_rounds(s)
+
+    @staticmethod
+    def _mark_dead_rounds(s: Session) -> int:
+        dead = [r.id for r in q.unfinished_rounds(session=s) if owner_died(r.owner)]
+        return q.mark_interrupted_rounds(ROUND_LEASE, dead, session=s)
 
 
 def _human_scores(s: Session, generation_ids: Sequence[int] | None = None) -> dict[int, list[float]]:

@@ -639,7 +639,7 @@ def test_migrations_run_on_an_engine_made_without_our_helper(tmp_path):
     engine = create_engine(f"sqlite:///{tmp_path / 'y.db'}")
     upgrade(engine)
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
 
 
 # ---- the bridge to the model -------------------------------------------------------------------------------------
@@ -783,3 +783,59 @@ def test_the_human_reward_refits_in_the_background_as_ratings_arrive():
         stop.set()
         thread.join(5)
     assert not thread.is_alive()
+
+
+def test_one_round_at_a_time_across_app_processes_sharing_a_database(db_url):
+    """Two app processes on one database (two engines here): one round runs at a time, a live round of the other
+    process survives this one's start-up, and a round whose process died is marked interrupted."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import timedelta
+
+    import feedback.versions as versions
+    from db.models import TrainingRound, utcnow
+
+    engines = [make_engine(db_url) for _ in range(2)]
+    upgrade(engines[0])
+    a, b = (FeedbackService(make_session_factory(e)) for e in engines)
+    a.ensure_base_version()
+    try:
+        first = a.create_round({}, "model", 0.0)
+        with pytest.raises(ValueError, match=f"round {first.id} is still running .*another app process"):
+            b.create_round({}, "model", 0.0)
+        assert b.mark_interrupted_rounds() == 0  # b starting up leaves a's live round alone
+
+        def set_round(**values):
+            with a.Session.begin() as s:
+                for k, v in values.items():
+                    setattr(s.get(TrainingRound, first.id), k, v)
+
+        set_round(owner="another-host:1", heartbeat=utcnow() - timedelta(seconds=10))
+        assert b.mark_interrupted_rounds() == 0  # on another machine and beating: alive
+        set_round(heartbeat=utcnow() - versions.ROUND_LEASE - timedelta(seconds=1))
+        assert b.mark_interrupted_rounds() == 1  # silent for the lease: its process died
+        assert b.rounds()[0].status == "interrupted"
+
+        # a process of this host that no longer exists: interrupted at once, heartbeat or not
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        second = b.create_round({}, "model", 0.0)
+        a.beat_round(second.id)
+        with a.Session.begin() as s:
+            s.get(TrainingRound, second.id).owner = f"{versions.socket.gethostname()}:{gone.stdout.strip()}"
+        assert a.mark_interrupted_rounds() == 1
+
+        # two processes starting a round at the same moment: exactly one gets it
+        def start(svc):
+            try:
+                return svc.create_round({}, "model", 0.0).id
+            except ValueError:
+                return None
+
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(start, [a, b]))
+        assert sum(x is not None for x in got) == 1
+        assert [r.status for r in a.rounds()].count("queued") == 1
+    finally:
+        for e in engines:
+            e.dispose()

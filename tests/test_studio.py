@@ -110,6 +110,29 @@ def test_a_round_makes_a_new_current_version_and_new_items_come_from_it(studio):
     assert all(torch.equal(p, before[n]) for n, p in _lora(studio).items())
 
 
+def test_a_version_made_current_by_another_app_process_is_served_here(studio):
+    """Two app processes on one database: a round or a rollback in the other makes a version current; this one's
+    pool follows it (the app checks every FOLLOW_S seconds; here the check is called directly)."""
+    from db.session import make_engine, make_session_factory
+    from feedback.service import FeedbackService
+
+    studio.start_round(RoundSettings(mode="model", steps=1, batch_size=4, mini_batch_size=2, eval_prompts=0))
+    studio.runner.wait(120)
+    base, trained = studio.svc.versions()[0], studio.svc.current_version()
+    assert trained.id != base.id and studio.model.pool_generator.version_id == trained.id
+    assert not studio.follow_current()  # nothing changed
+    other_engine = make_engine(studio.options.database_url)
+    try:
+        FeedbackService(make_session_factory(other_engine)).set_current(base.id)  # a rollback over there
+    finally:
+        other_engine.dispose()
+    assert studio.follow_current()
+    assert studio.model.pool_generator.version_id == base.id
+    _wait_for_refill(studio)
+    fresh = studio.svc.next_item(studio.svc.annotator("rater").id)
+    assert fresh is not None and fresh.policy_version_id == base.id
+
+
 def test_a_failed_round_leaves_the_previous_version_and_every_rating(studio, monkeypatch):
     _rate_some(studio, 8)
     before = _lora(studio)
