@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -60,7 +60,8 @@ def cpu_threads(n: int | None):
 
 # "Labeling first": a round on what the labeling side leaves (the highest nice). Not the default: measured with a
 # labeler rating every 2 s on 2 cores, SmolLM2's refill never idled and a 2-step round sat at 0/2 steps for 7 minutes,
-# while click-to-next stayed at p50 ~0.7 s (the refill and the page share one interpreter's GIL, not only the cores).
+# while click-to-next stayed at p50 ~0.7 s: the cores, which the refill, the round and the browser share, are what
+# holds the page (moving the refill into its own process, `feedback.pool_worker`, measured no different).
 ROUND_NICE = 19
 
 
@@ -91,8 +92,6 @@ class PolicyGenerator:
         cfg: the run config (prompt template, chat template, generation settings).
         version_id: the policy version `policy` holds; the pool only refills for the current one.
         lock: held while generating, shared with training (None: no lock).
-        share: the CPU threads this generator may use now (None: torch's default); read at each call, so a
-            round that trains beside it can take its half of the cores.
     """
 
     def __init__(
@@ -102,14 +101,12 @@ class PolicyGenerator:
         cfg,
         version_id: int,
         lock: threading.Lock | None = None,
-        share: Callable[[], int | None] | None = None,
     ):
         self.policy = policy
         self.scorer = scorer
         self.cfg = cfg
         self.version_id = version_id
         self.lock = lock
-        self.share = share
 
     def generate(self, prompts: Sequence[PromptRef]) -> list[NewGeneration]:
         from rlhf.ppo import rollout
@@ -125,8 +122,7 @@ class PolicyGenerator:
         if not kept:
             return []
         queries = [ids for _, ids in kept]
-        threads = self.share() if self.share is not None else None
-        with self.lock or nullcontext(), cpu_threads(threads):
+        with self.lock or nullcontext():
             sampled = rollout(self.policy, queries, cfg.generation)
         responses, logprobs = sampled.responses, [lp.tolist() for lp in sampled.logprobs]
         texts = [t.strip() for t in tok.batch_decode(responses, skip_special_tokens=True)]
