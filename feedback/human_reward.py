@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from feedback.periodic import every
 from feedback.rewards import blend
 
 log = logging.getLogger(__name__)
@@ -129,20 +130,14 @@ class HumanRewardSource:
         """Keep the reward fitted as ratings arrive: every `interval` s, refit when the ratings have changed, in a
         daemon thread (until `stop` is set), so a round or the Reward tab finds it ready. Each refit costs the
         features of the newly rated texts and the head's fit (`HumanReward.fit_s`)."""
-        stop = stop or threading.Event()
 
-        def loop():
-            while not stop.wait(interval):
-                try:
-                    self.current()
-                except ValueError:
-                    pass  # too few ratings yet
-                except Exception:  # noqa: BLE001 - logged; a round refits (and reports) on its own
-                    log.exception("refitting the human reward failed")
+        def refit() -> None:
+            try:
+                self.current()
+            except ValueError:
+                pass  # too few ratings yet
 
-        t = threading.Thread(target=loop, name="human-reward-refit", daemon=True)
-        t.start()
-        return t
+        return every(interval, refit, stop or threading.Event(), "refitting the human reward")
 
     def current(self) -> HumanReward:
         """The reward fitted on the ratings as they are now (ValueError, saying what to do, when too few)."""

@@ -28,6 +28,7 @@ from pathlib import Path
 from db.models import utcnow
 from feedback.human_reward import HumanReward, HumanRewardSource
 from feedback.model import StudioModel, lower_priority, sample_batches, step_on_samples
+from feedback.periodic import every
 from feedback.service import FeedbackService
 from feedback.types import PPOSample, PromptRef, RoundInfo
 
@@ -157,23 +158,15 @@ class RoundRunner:
                 log.warning("round %s: %s", info.id, note)
             self._cancel.clear()
             self._active.set()
+            # the round's heartbeat until it ends, so other app processes on the database know it is alive (a
+            # missed beat is retried: the lease is four beats long)
             self._beat_stop = threading.Event()
-            threading.Thread(
-                target=self._beat, args=(info.id, self._beat_stop), name=f"round-{info.id}-heartbeat", daemon=True
-            ).start()
+            every(HEARTBEAT_S, lambda: self.svc.beat_round(info.id), self._beat_stop, f"round {info.id} heartbeat")
             self._thread = threading.Thread(
                 target=self._run, args=(info, settings, ppo, human), name=f"round-{info.id}", daemon=True
             )
             self._thread.start()
             return info
-
-    def _beat(self, round_id: int, stop: threading.Event) -> None:
-        """The round's heartbeat until it ends, so other app processes on the database know it is alive."""
-        while not stop.wait(HEARTBEAT_S):
-            try:
-                self.svc.beat_round(round_id)
-            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease is four beats long
-                log.exception("round %s: heartbeat failed", round_id)
 
     def _human_reward(self, settings: RoundSettings) -> HumanReward | None:
         """The learned reward a Human or Blend round trains on (None in model mode); refuses, saying what to do,

@@ -15,6 +15,7 @@ from db.session import database_url, default_data_dir, make_engine, make_session
 from feedback.downloads import Downloads
 from feedback.human_reward import HumanRewardSource, agreement_table, auto_weight
 from feedback.io import add_prompt_texts
+from feedback.periodic import every
 from feedback.rounds import RoundRunner, RoundSettings, eta_text
 from feedback.service import FeedbackService
 from feedback.types import RoundInfo, VersionInfo
@@ -184,20 +185,13 @@ class Studio:
             if self._pool is None:
                 self._first_items()
             self.human_reward.refit_in_background(stop=self._stopping)
-            threading.Thread(target=self._follow_loop, name="follow-current", daemon=True).start()
+            every(FOLLOW_S, self.follow_current, self._stopping, "following the current policy version")
             self.log(f"models loaded in {time.perf_counter() - self.started_at:.0f} s")
         except Exception as err:  # noqa: BLE001 - shown on the page; the store stays usable
             log.exception("start-up failed")
             self.error = f"{type(err).__name__}: {err}"
             self.status = f"start-up failed: {self.error}"
             self._log_fn(self.status)
-
-    def _follow_loop(self) -> None:
-        while not self._stopping.wait(FOLLOW_S):
-            try:
-                self.follow_current()
-            except Exception:  # noqa: BLE001 - logged; the next check tries again
-                log.exception("following the current policy version failed")
 
     def follow_current(self) -> bool:
         """Serve the store's current version when another app process on the database made it current (a round
