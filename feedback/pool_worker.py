@@ -32,7 +32,7 @@ class WorkerError(RuntimeError):
     """The pool process failed a request, or died; the message says what it raised."""
 
 
-def _serve_requests(conn, cfg, threads: int | None, nice: int) -> None:
+def _serve_requests(conn, cfg, nice: int) -> None:
     """The child's loop: load the models, then answer (command, args) requests until "stop" or the pipe closes."""
     import os
 
@@ -42,8 +42,6 @@ def _serve_requests(conn, cfg, threads: int | None, nice: int) -> None:
     from rlhf.models import load_policy
     from rlhf.scorers import load_scorer
 
-    if threads:
-        torch.set_num_threads(threads)
     default_threads = torch.get_num_threads()
     try:
         policy = load_policy(cfg.policy, cfg.device, log=lambda m: None)
@@ -89,25 +87,17 @@ class ProcessGenerator:
     Args:
         cfg: the run config the child loads the policy and classifier from.
         version_id: the version the child starts with (the base version, whose adapter is the fresh one).
-        share: the CPU threads the child may use for the next call (None: its start-up default), read at each call,
-            so a round training beside it can take its half of the cores.
-        threads: the child's torch threads at start (None: torch's default, every core).
         nice: how far below the app's CPU priority the child runs once loaded (Linux nice; 0: the same).
     """
 
-    def __init__(
-        self,
-        cfg,
-        version_id: int,
-        share: Callable[[], int | None] | None = None,
-        threads: int | None = None,
-        nice: int = POOL_NICE,
-    ):
+    def __init__(self, cfg, version_id: int, nice: int = POOL_NICE):
         self.cfg = cfg
         self.version_id = version_id
-        self.share = share
+        # the CPU threads the child may use for the next call (None: all of them), read at each call, so a round
+        # training beside it can take its half of the cores; `StudioModel` sets it
+        self.share: Callable[[], int | None] | None = None
         self.lock = threading.RLock()  # one request at a time on the pipe
-        self._threads, self._nice = threads, nice
+        self._nice = nice
         self._adapter: str | None = None  # the adapter folder of the version the child holds (None: base)
         self._spawn()
 
@@ -116,7 +106,7 @@ class ProcessGenerator:
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(
             target=_serve_requests,
-            args=(child, self.cfg, self._threads, self._nice),
+            args=(child, self.cfg, self._nice),
             name="rlhf-studio-pool",
             daemon=True,
         )
@@ -126,15 +116,14 @@ class ProcessGenerator:
 
     def _call(self, command: str, args):
         with self.lock:
-            if not self._process.is_alive() and self._ready:
-                # it died (killed, out of memory) after an earlier call failed: a new one, holding the same version
+            replaced = self._ready and not self._process.is_alive()
+            if replaced:  # it died since it was ready (killed, out of memory): a new one, holding the same version
                 log.warning("the pool process had stopped (exit code %s); starting a new one", self._process.exitcode)
                 self._conn.close()
                 self._spawn()
-                self.wait_ready()
-                if self._adapter is not None:
-                    self._send("serve", (self.version_id, self._adapter))
             self.wait_ready()
+            if replaced and self._adapter is not None:
+                self._send("serve", (self.version_id, self._adapter))
             return self._send(command, args)
 
     def _send(self, command: str, args):
