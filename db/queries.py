@@ -413,8 +413,13 @@ def list_rounds(*, session: Session) -> list[TrainingRound]:
     return list(session.scalars(select(TrainingRound).order_by(TrainingRound.id.desc())))
 
 
+def _unfinished():
+    """Rounds that have not ended: queued, or running."""
+    return TrainingRound.status.in_(("queued", "running"))
+
+
 def unfinished_rounds(*, session: Session) -> list[TrainingRound]:
-    return list(session.scalars(select(TrainingRound).where(TrainingRound.status.in_(("queued", "running")))))
+    return list(session.scalars(select(TrainingRound).where(_unfinished())))
 
 
 def mark_interrupted_rounds(stale_after: timedelta, also: Sequence[int] = (), *, session: Session) -> int:
@@ -423,7 +428,7 @@ def mark_interrupted_rounds(stale_after: timedelta, also: Sequence[int] = (), *,
     database and is left alone."""
     res = session.execute(
         update(TrainingRound)
-        .where(TrainingRound.status.in_(("queued", "running")))
+        .where(_unfinished())
         .where(
             or_(
                 TrainingRound.heartbeat.is_(None),
@@ -439,10 +444,7 @@ def mark_interrupted_rounds(stale_after: timedelta, also: Sequence[int] = (), *,
 def live_round(stale_after: timedelta, *, session: Session) -> TrainingRound | None:
     """A queued or running round whose process beat within `stale_after` (any app process on this database)."""
     return session.scalars(
-        select(TrainingRound)
-        .where(TrainingRound.status.in_(("queued", "running")))
-        .where(TrainingRound.heartbeat >= utcnow() - stale_after)
-        .limit(1)
+        select(TrainingRound).where(_unfinished()).where(TrainingRound.heartbeat >= utcnow() - stale_after).limit(1)
     ).first()
 
 

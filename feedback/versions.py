@@ -39,7 +39,7 @@ def owner_died(owner: str | None) -> bool:
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, under another user
-        return False
+        pass
     return False
 
 
