@@ -152,12 +152,37 @@ _torch_multinomial = torch.multinomial
 
 def _multinomial(*args, **kwargs):
     """`torch.multinomial`, as transformers' sampling calls it, one draw at a time under `SAMPLING`: inside one of
-    our generation calls from that call's stream, elsewhere from the global one."""
+    our generation calls from that call's stream, elsewhere from the global one.
+
+    One sample per row (what sampling a token asks) is drawn by inverting the row's cumulative distribution with
+    one uniform number per row: the same distribution as `torch.multinomial`, which draws an exponential number
+    for every vocabulary entry instead (20 ms of a 250 ms SmolLM2 decode step at batch 16 on 2 cores, against
+    0.6 ms; `python -m bench.generation`). Anything else goes to `torch.multinomial` itself."""
     if kwargs.get("generator") is not None:
         return _torch_multinomial(*args, **kwargs)
     draw = getattr(_DRAWING, "draw", None)
+    one = _one_per_row(*args, **kwargs)
+    if one is None:
+        with draw() if draw is not None else SAMPLING:
+            return _torch_multinomial(*args, **kwargs)
+    cdf = one.cumsum(-1, dtype=torch.float64)
     with draw() if draw is not None else SAMPLING:
-        return _torch_multinomial(*args, **kwargs)
+        u = torch.rand(cdf.shape[:-1] + (1,), dtype=torch.float64, device=cdf.device)
+    # the first index whose cumulative mass exceeds u * total: entry i with mass p_i is hit with probability
+    # p_i / total, and an entry with no mass never (its cumulative value equals its predecessor's)
+    return torch.searchsorted(cdf, u * cdf[..., -1:], right=True).clamp_(max=one.shape[-1] - 1)
+
+
+def _one_per_row(probs=None, num_samples=None, replacement=False, *, out=None, input=None) -> torch.Tensor | None:
+    """The probabilities of a `torch.multinomial` call that asks one sample per row of valid weights, else None
+    (torch.multinomial then draws, or raises its own error on negative, infinite or NaN weights)."""
+    probs = probs if probs is not None else input
+    if num_samples != 1 or out is not None or probs is None or probs.dim() not in (1, 2) or probs.shape[-1] == 0:
+        return None
+    total = probs.sum(-1)  # NaN or infinite when any weight is
+    if not (torch.isfinite(total).all() and (total > 0).all() and probs.min() >= 0):
+        return None
+    return probs
 
 
 torch.multinomial = _multinomial  # installed once, for the whole process: every caller's draws become atomic
