@@ -297,9 +297,77 @@ def detox(
     }
 
 
+def load_gen(model: str, lora_targets: list[str], data: str, seed: int = 0) -> dict:
+    """The LoRA policy and the round's batch plan (written by `prepare`), for `gen_batch`."""
+    import torch
+
+    from rlhf.models import load_policy
+
+    t0 = time.perf_counter()
+    cfg = run_config(model, lora_targets, seed=seed)
+    torch.manual_seed(seed)
+    policy = load_policy(cfg.policy, "cpu", log=lambda m: print(m, file=sys.stderr))
+    STATE.update(cfg=cfg, policy=policy, plan=torch.load(Path(data) / "plan.pt")["plan"])
+    return {"load_s": time.perf_counter() - t0, "torch_threads": torch.get_num_threads()}
+
+
+def gen_batch(index: int, draw: str = "cdf", seed: int = 0) -> dict:
+    """`rlhf.ppo.rollout` (the round's own call) on batch `index` of the plan, split into its parts: the prompt pass
+    (prefill), the one-token decode passes, the token draws, and the rest (logits processing, bookkeeping).
+
+    draw "cdf": the draw as the app makes it; "torch": `torch.multinomial`'s own (an exponential number per entry).
+    """
+    import torch
+
+    import rlhf.ppo as ppo
+
+    policy, cfg = STATE["policy"], STATE["cfg"]
+    queries, max_new = STATE["plan"][index]
+    base = policy.model.get_base_model()
+    passes: list[tuple[int, float]] = []
+    draws: list[float] = []
+    forward, one_per_row, multinomial = base.forward, ppo._one_per_row, torch.multinomial
+
+    def timed_forward(*args, **kwargs):
+        t = time.perf_counter()
+        out = forward(*args, **kwargs)
+        passes.append((kwargs["input_ids"].shape[1], time.perf_counter() - t))
+        return out
+
+    def timed_draw(*args, **kwargs):
+        t = time.perf_counter()
+        out = multinomial(*args, **kwargs)
+        draws.append(time.perf_counter() - t)
+        return out
+
+    base.forward, torch.multinomial = timed_forward, timed_draw
+    if draw == "torch":
+        ppo._one_per_row = lambda *a, **k: None
+    try:
+        t0 = time.perf_counter()
+        out = ppo.rollout(policy, queries, cfg.generation, max_new_tokens=max_new, seed=seed)
+        seconds = time.perf_counter() - t0
+    finally:
+        base.forward, torch.multinomial, ppo._one_per_row = forward, multinomial, one_per_row
+    prefill = sum(d for n, d in passes if n > 1)
+    decode = [d for n, d in passes if n == 1]
+    return {
+        "seconds": seconds,
+        "prefill_s": prefill,
+        "decode_s": sum(decode),
+        "decode_steps": len(decode),
+        "draw_s": sum(draws),
+        "prompt_tokens": sum(len(q) for q in queries),
+        "padded_prompt_tokens": len(queries) * max(len(q) for q in queries),
+        "new_tokens": sum(len(r) for r in out.responses),
+    }
+
+
 if __name__ == "__main__":
     serve(
         {
+            "load_gen": load_gen,
+            "gen_batch": gen_batch,
             "build_tiny": build_tiny,
             "prepare": prepare,
             "load_step": load_step,

@@ -125,6 +125,19 @@ def step() -> dict:
     }
 
 
+def _sampling(plan: dict) -> dict:
+    """The sampling settings of our round, as keyword arguments to trl's `generate`."""
+    gen = plan["generation"]
+    return {
+        "do_sample": True,
+        "temperature": gen["temperature"],
+        "top_k": gen["top_k"],
+        "top_p": gen["top_p"],
+        "pad_token_id": plan["pad_token_id"],
+        "eos_token_id": plan["eos_token_ids"],
+    }
+
+
 def round_(steps: int, save_adapter: str | None = None) -> dict:
     """trl 0.11.4's own loop: `generate` then score then `step`, on our round's prompts and lengths.
 
@@ -135,15 +148,7 @@ def round_(steps: int, save_adapter: str | None = None) -> dict:
     from rlhf import offline
 
     trainer, tok, plan = STATE["trainer"], STATE["tok"], STATE["plan"]
-    gen = plan["generation"]
-    gen_kwargs = {
-        "do_sample": True,
-        "temperature": gen["temperature"],
-        "top_k": gen["top_k"],
-        "top_p": gen["top_p"],
-        "pad_token_id": plan["pad_token_id"],
-        "eos_token_id": plan["eos_token_ids"],
-    }
+    gen_kwargs = _sampling(plan)
     offline.profanity_logits(["warm-up"])  # load the classifier outside the timed loop, as our scorer does
     times = {"generate_s": 0.0, "score_s": 0.0, "update_s": 0.0}
     rewards = []
@@ -176,6 +181,20 @@ def round_(steps: int, save_adapter: str | None = None) -> dict:
     }
 
 
+def gen_batch(index: int) -> dict:
+    """trl 0.11.4's `PPOTrainer.generate` on batch `index` of the round's plan, as `round_` calls it."""
+    import torch
+
+    trainer, plan = STATE["trainer"], STATE["plan"]
+    queries, max_new = plan["plan"][index]
+    torch.manual_seed(index)
+    t0 = time.perf_counter()
+    responses = trainer.generate(
+        list(queries), batch_size=len(queries), return_prompt=False, max_new_tokens=max_new, **_sampling(plan)
+    )
+    return {"seconds": time.perf_counter() - t0, "new_tokens": sum(len(r) for r in responses)}
+
+
 def versions() -> dict:
     from importlib.metadata import version
 
@@ -185,4 +204,4 @@ def versions() -> dict:
 
 
 if __name__ == "__main__":
-    serve({"load": load, "step": step, "round": round_, "versions": versions})
+    serve({"load": load, "step": step, "round": round_, "gen_batch": gen_batch, "versions": versions})

@@ -184,3 +184,22 @@ def test_steering_runs_each_mode_from_the_base_version_and_judges_it_by_the_anno
         judgment = r.split(" | ")[4]  # "ref -> policy (change [low, high])", shares in [0, 1]
         ref, pol = (float(x) for x in judgment.split(" (")[0].split(" -> "))
         assert 0 <= ref <= 1 and 0 <= pol <= 1
+
+
+def test_generation_benchmark_splits_a_rounds_generation_into_its_parts(tmp_path, tiny_llama, monkeypatch):
+    from bench.generation import main as generation
+
+    monkeypatch.setenv("RLHF_STUDIO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "generation.md"
+    argv = ["--model", str(tiny_llama), "--steps", "2", "--no-trl", "--workdir", str(tmp_path / "work")]
+    assert generation([*argv, "--out", str(out)]) == 0
+    report = out.read_text()
+    for part in (
+        "| ours |",
+        "| ours-torch-draw |",
+        "| prefill (prompt pass) |",
+        "| decode passes |",
+        "| token draws |",
+    ):
+        assert part in report
+    assert (tmp_path / "work" / f"plan-{tiny_llama.name}-2" / "plan.pt").exists()
