@@ -174,6 +174,18 @@ def export_route(studio: Studio) -> APIRoute:
     return APIRoute("/exports/{token}", fetch, methods=["GET"])
 
 
+def _login(studio: Studio):
+    """Gradio's login check, awaited on its event loop: the password hash (deliberately slow) runs in a worker
+    thread, so the other pages' events go on while someone signs in (32 people signing in at once otherwise held
+    every page for seconds)."""
+    import asyncio
+
+    async def login(user: str, password: str) -> bool:
+        return await asyncio.to_thread(lambda: studio.svc.check_login(user, password) is not None)
+
+    return login
+
+
 def launch(studio: Studio, host: str, port: int, auth: bool, **kwargs):
     # Gradio is imported here, after `studio.start()`: the models load while it imports (seconds on 2 cores)
     from ui.label import SHORTCUTS_JS
@@ -181,11 +193,10 @@ def launch(studio: Studio, host: str, port: int, auth: bool, **kwargs):
 
     demo = build_demo(studio, auth=auth)
     demo.queue(default_concurrency_limit=16)
-    login = (lambda user, password: studio.svc.check_login(user, password) is not None) if auth else None
     return demo.launch(
         server_name=host,
         server_port=port,
-        auth=login,
+        auth=_login(studio) if auth else None,
         auth_message="Sign in with an rlhf-studio account." if auth else None,
         head=SHORTCUTS_JS,
         footer_links=[],
