@@ -110,7 +110,7 @@ class PolicyGenerator:
 
     def generate(self, prompts: Sequence[PromptRef]) -> list[NewGeneration]:
         from rlhf.ppo import rollout
-        from rlhf.prompts import encode_prompt, format_prompt
+        from rlhf.prompts import decode_responses, encode_prompt, format_prompt
 
         cfg = self.cfg
         tok = self.policy.tokenizer
@@ -125,7 +125,7 @@ class PolicyGenerator:
         with self.lock or nullcontext():
             sampled = rollout(self.policy, queries, cfg.generation)
         responses, logprobs = sampled.responses, [lp.tolist() for lp in sampled.logprobs]
-        texts = [t.strip() for t in tok.batch_decode(responses, skip_special_tokens=True)]
+        texts = decode_responses(tok, responses)
         scored = self.scorer.score_batch(texts)
         return [
             NewGeneration(
@@ -311,6 +311,7 @@ class StudioModel:
         """The reference's and the policy's answers to one prompt, with the same sampling seed."""
 
         from rlhf.ppo import generate
+        from rlhf.prompts import decode_responses
         from rlhf.scorers import rewards
 
         query = [self.encode(text)]
@@ -318,7 +319,7 @@ class StudioModel:
             with self.policy.reference():
                 ref = generate(self.policy, query, self.cfg.generation, seed=seed)
             pol = generate(self.policy, query, self.cfg.generation, seed=seed)
-        texts = [t.strip() for t in self.policy.tokenizer.batch_decode(ref + pol, skip_special_tokens=True)]
+        texts = decode_responses(self.policy.tokenizer, ref + pol)
         scored = self.scorer.score_batch(texts)
         rewards_ = rewards(scored, self.cfg.reward.use_logit, self.scorer.name)
         ref_answer, pol_answer = (Answer(texts[i], rewards_[i], scored.scores[i]) for i in (0, 1))

@@ -282,23 +282,43 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from rlhf.distributed import join
     from rlhf.train import Checkpoint, TrainingLoop, evaluate_run, load_run, load_training_state, train
 
     resume = args.resume
     cfg = build_config(args) if resume is None else _resume_config(args)
     cfg.validate()
+    group, device = join()  # one process, or one of those `accelerate launch` / `torchrun` started
+    if group.world > 1:
+        if resume is not None:
+            raise ValueError(
+                "--resume continues a run in one process (the sampling streams of the other processes are not "
+                "saved); resume without accelerate launch / torchrun, or start a new run from the checkpoint's "
+                f"weights with --policy.adapter_path {Path(resume) / 'adapter'}"
+            )
+        if cfg.device == "auto":
+            cfg.device = str(device)
     state = None if resume is None else load_training_state(resume)
     if state is not None and state["steps"] >= cfg.steps:
         raise ValueError(
             f"{resume} already has {state['steps']} steps and --steps counts them all ({cfg.steps}); pass a larger "
             "--steps to train further"
         )
-    ckpt = Checkpoint(args.out or resume, overwrite=args.overwrite, resume_from=resume)
+    # only the first process writes: the checkpoint, the metrics and the evaluation
+    ckpt = Checkpoint(args.out or resume, overwrite=args.overwrite, resume_from=resume) if group.is_main else None
     t0 = time.perf_counter()
-    run = load_run(cfg, resume_from=resume)
+    run = load_run(cfg, resume_from=resume, group=group)
     loop = TrainingLoop(run)
     if state is not None:
         loop.load_state_dict(state)
+    if ckpt is None:
+        train(run, loop=loop, progress=False)
+        return 0
+    if group.world > 1:
+        print(
+            f"data-parallel over {group.world} processes ({cfg.device}): each step's {cfg.ppo.batch_size} samples "
+            f"are {group.world} shards of {cfg.ppo.batch_size // group.world}"
+        )
     ckpt.start()
     history = train(run, on_step=_printer(ckpt), loop=loop)
     state = loop.state_dict()  # before the evaluation draws from the same random streams

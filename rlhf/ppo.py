@@ -18,6 +18,7 @@ import torch
 
 from rlhf import core
 from rlhf.config import GenerationConfig, PPOConfig, exact_div
+from rlhf.distributed import SINGLE, Group, broadcast_parameters, sum_gradients
 from rlhf.models import Batch, Policy
 
 
@@ -350,12 +351,18 @@ class PPOTrainer:
         policy: the LoRA policy with value head (see `rlhf.models.load_policy`).
         cfg: PPO hyper-parameters.
         temperature: the sampling temperature; log-probs use the same one.
+        group: the data-parallel processes this trainer is one of (`rlhf.distributed`); each `step` then takes
+            this process's shard of the batch, and every process takes the step one process would take on the
+            whole batch.
     """
 
-    def __init__(self, policy: Policy, cfg: PPOConfig, temperature: float = 1.0, seed: int = 0):
+    def __init__(self, policy: Policy, cfg: PPOConfig, temperature: float = 1.0, seed: int = 0, group: Group = SINGLE):
         self.policy = policy
         self.cfg = cfg
         self.temperature = temperature
+        self.group = group
+        self.shard_size = exact_div(cfg.batch_size, group.world, "ppo.batch_size / number of processes")
+        broadcast_parameters(group, policy.trainable_parameters())
         self.n_minibatches = exact_div(cfg.batch_size, cfg.mini_batch_size, "ppo.batch_size / ppo.mini_batch_size")
         if cfg.micro_batch_size is not None and cfg.micro_batch_size < 1:
             raise ValueError(
@@ -440,6 +447,9 @@ class PPOTrainer:
     ) -> dict[str, float]:
         """One PPO step on `batch_size` scored samples; returns the step's statistics.
 
+        In a data-parallel group each process passes its own `batch_size / world` samples (its shard, in rank
+        order: the batch is the shards concatenated).
+
         Args:
             queries: prompt token ids, one 1-D tensor each.
             responses: response token ids (as sampled from the current policy), one 1-D tensor each.
@@ -449,20 +459,18 @@ class PPOTrainer:
                 rollout-time forward pass is skipped and only the reference runs.
         """
         t0 = time.perf_counter()
-        B = self.cfg.batch_size
-        if not len(queries) == len(responses) == len(scores) == B:
+        B, n = self.cfg.batch_size, self.shard_size
+        if not len(queries) == len(responses) == len(scores) == n:
+            shard = f" (this process's share of ppo.batch_size={B})" if self.group.world > 1 else ""
             raise ValueError(
-                f"step needs exactly ppo.batch_size={B} samples, got {len(queries)} queries, "
-                f"{len(responses)} responses and {len(scores)} scores"
+                f"step needs exactly {'' if shard else 'ppo.batch_size='}{n} samples{shard}, got {len(queries)} "
+                f"queries, {len(responses)} responses and {len(scores)} scores"
             )
         dev = self.policy.device
         scores_t = torch.as_tensor(scores, dtype=torch.float32, device=dev)
         if not torch.isfinite(scores_t).all():
             raise ValueError(f"scores must be finite numbers, got {scores_t.tolist()}")
-        raw_scores = scores_t
-        scores_t = self._process_scores(scores_t)
         batch = self.policy.collate(queries, responses)
-        mask = batch.response_mask
 
         # ---- rollout statistics: fixed for the whole step -----------------------------------------------
         logprobs, values, ref_logprobs = self._rollout_forward(
@@ -472,6 +480,13 @@ class PPOTrainer:
             logprobs = _recorded(old_logprobs, logprobs, "old_logprobs")
         if old_values is not None:
             values = _recorded(old_values, values, "old_values")
+        if self.group.world > 1:  # every process now holds the whole batch, in rank order
+            batch, scores_t, logprobs, values, ref_logprobs = self._gather(
+                queries, responses, scores_t, batch.response_mask, logprobs, values, ref_logprobs
+            )
+        mask = batch.response_mask
+        raw_scores = scores_t
+        scores_t = self._process_scores(scores_t)
         rewards, non_score, kl = core.compute_rewards(
             scores_t, logprobs, ref_logprobs, mask, self.kl_ctl.value, self.cfg.kl_penalty
         )
@@ -488,7 +503,11 @@ class PPOTrainer:
             for k in range(self.n_minibatches):
                 idx = perm[k * self.cfg.mini_batch_size : (k + 1) * self.cfg.mini_batch_size].to(dev)
                 self.optimizer.zero_grad(set_to_none=True)
-                stats = self._accumulate_gradients(batch, idx, logprobs, values, advantages, returns)
+                own = idx[self.group.rank :: self.group.world]  # this process's part of the mini-batch
+                stats = self._accumulate_gradients(batch, idx, own, logprobs, values, advantages, returns)
+                sum_gradients(self.group, self.policy.trainable_parameters())
+                stats = self._combine_processes(stats)
+                stats["returns/var"] = core.masked_var(returns[idx], mask[idx]).item() if mask[idx].sum() > 1 else 0.0
                 if not self._apply_gradients(stats):
                     skipped += 1
                 mb_stats.append(stats)
@@ -516,6 +535,36 @@ class PPOTrainer:
         )
         return stats
 
+    def _gather(self, queries, responses, scores, response_mask, logprobs, values, ref_logprobs) -> tuple:
+        """Every process's rollout rows -> the whole batch, its scores and its (B, T) log-probs, values and
+        reference log-probs, identical in every process."""
+        lengths = response_mask.sum(-1).long().tolist()
+        rows = [
+            (q, r, s, lp[:n], v[:n], ref[:n])
+            for q, r, s, lp, v, ref, n in zip(
+                queries, responses, scores, logprobs, values, ref_logprobs, lengths, strict=True
+            )
+        ]
+        q, r, s, lp, v, ref = zip(*self.group.gather(rows), strict=True)
+        batch = self.policy.collate(list(q), list(r))
+        like = batch.response_mask
+        scores_t = torch.stack(list(s)).to(like.device)
+        return (
+            batch,
+            scores_t,
+            *(_recorded(x, like, name) for x, name in ((lp, "logprobs"), (v, "values"), (ref, "ref"))),
+        )
+
+    def _combine_processes(self, stats: dict[str, float]) -> dict[str, float]:
+        """One mini-batch's statistics over the processes' parts: each part's are already weighted by its share of
+        the mini-batch's tokens, so they add up; the ratio's extremes are the parts' extremes."""
+        if self.group.world == 1:
+            return stats
+        parts = [p for p in self.group.gather([stats]) if p]
+        out = {k: sum(p[k] for p in parts) for k in parts[0] if k not in EXTREMES}
+        out.update({k: pick(p[k] for p in parts) for k, pick in EXTREMES.items()})
+        return out
+
     def _apply_gradients(self, stats: dict[str, float]) -> bool:
         """Clip and apply one mini-batch's gradients, unless the ratio guard fires; False when it skipped them.
 
@@ -539,23 +588,25 @@ class PPOTrainer:
         self,
         batch: Batch,
         idx: torch.Tensor,
+        own: torch.Tensor,
         logprobs: torch.Tensor,
         values: torch.Tensor,
         advantages: torch.Tensor,
         returns: torch.Tensor,
     ) -> dict[str, float]:
-        """Gradients of one mini-batch's PPO loss, summed over micro-batches; returns the mini-batch's stats.
+        """Gradients of this process's part `own` of mini-batch `idx`'s PPO loss, summed over micro-batches;
+        returns the part's stats (empty when it holds no sample).
 
         The loss is a masked mean over the mini-batch's response tokens, so each micro-batch's loss is weighted
-        by its share of those tokens: the summed gradient equals the whole mini-batch's, in less memory. The
-        stats combine the same way (all are token means except the returns' variance, taken over the whole
-        mini-batch, and the ratio's extremes, the extremes of the micro-batches'). The ratio guard is not applied
-        here but on the summed result, so it judges the mini-batch as a whole (see `_apply_gradients`).
+        by its share of those tokens: the summed gradient equals the whole mini-batch's, in less memory, and the
+        processes' sums add up to it too. The stats combine the same way (all are token means except the
+        ratio's extremes, the extremes of the micro-batches'). The ratio guard is not applied here but on the
+        summed result, so it judges the mini-batch as a whole (see `_apply_gradients`).
         """
         mask = batch.response_mask
         n_tokens = mask[idx].sum().item()
         stats: dict[str, float] = {}
-        for micro in idx.split(self.micro_batch_size):
+        for micro in own.split(self.micro_batch_size) if len(own) else ():  # an empty split is one empty part
             sub = batch.select(micro)
             T = sub.responses.shape[1]
             logits, vpreds = self.policy(sub, self.temperature)
@@ -581,7 +632,7 @@ class PPOTrainer:
                     stats[key] = EXTREMES[key](stats.get(key, value), value)
                 else:
                     stats[key] = stats.get(key, 0.0) + value * share
-        stats["returns/var"] = core.masked_var(returns[idx], mask[idx]).item() if n_tokens > 1 else 0.0
+        stats.pop("returns/var", None)  # over the whole mini-batch: the caller takes it
         return stats
 
 

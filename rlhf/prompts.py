@@ -108,3 +108,10 @@ def encode_prompt(tokenizer, dialogue: str, template: str, chat_template: bool |
     else:
         ids = tokenizer(text)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
+
+
+def decode_responses(tokenizer, responses: Sequence) -> list[str]:
+    """Response token ids -> the texts that are scored, shown and stored: special tokens dropped, ends stripped,
+    and NUL characters removed (a byte-level tokenizer can emit one; PostgreSQL text cannot hold it)."""
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    return [t.replace("\x00", "").strip() for t in texts]

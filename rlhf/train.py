@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 
 from rlhf.config import RunConfig
+from rlhf.distributed import SINGLE, Group
 from rlhf.evaluate import Evaluation, evaluate
 from rlhf.models import Policy, load_policy
 from rlhf.ppo import LengthSampler, PPOTrainer, generate, rollout
-from rlhf.prompts import Prompt, encode_prompt, load_prompts, split_prompts
+from rlhf.prompts import Prompt, decode_responses, encode_prompt, load_prompts, split_prompts
 from rlhf.scorers import RewardScorer, load_scorer, reward_fn
 
 TRAINING_STATE_FILE = "training_state.pt"
@@ -37,17 +38,21 @@ class Run:
     heldout_prompts: list[Prompt]
     train_queries: list[torch.Tensor]
     heldout_queries: list[torch.Tensor]
+    group: Group = SINGLE  # the data-parallel processes sharing each step's batch (rlhf.distributed)
 
     @property
     def score_fn(self) -> Callable[[Sequence[str]], list[float]]:
         return reward_fn(self.scorer, self.cfg.reward.use_logit)
 
     def decode(self, responses: Sequence[torch.Tensor]) -> list[str]:
-        return [t.strip() for t in self.policy.tokenizer.batch_decode(responses, skip_special_tokens=True)]
+        return decode_responses(self.policy.tokenizer, responses)
 
 
-def load_run(cfg: RunConfig, log: Callable[[str], None] = print, resume_from: Path | None = None) -> Run:
-    """Load what `cfg` names; with `resume_from` (a checkpoint folder), its adapter and value head."""
+def load_run(
+    cfg: RunConfig, log: Callable[[str], None] = print, resume_from: Path | None = None, group: Group = SINGLE
+) -> Run:
+    """Load what `cfg` names; with `resume_from` (a checkpoint folder), its adapter and value head. In a
+    data-parallel `group` every process loads the same (seeded) weights and samples from its own stream."""
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -75,7 +80,9 @@ def load_run(cfg: RunConfig, log: Callable[[str], None] = print, resume_from: Pa
     by_id = {p.id: q for p, q in encoded}
     train, heldout = split_prompts([p for p, _ in encoded], cfg.data.heldout_size, cfg.data.split_seed)
     log(f"{len(train)} training prompts, {len(heldout)} held out")
-    run = Run(cfg, policy, scorer, train, heldout, [by_id[p.id] for p in train], [by_id[p.id] for p in heldout])
+    run = Run(cfg, policy, scorer, train, heldout, [by_id[p.id] for p in train], [by_id[p.id] for p in heldout], group)
+    if group.world > 1:
+        torch.manual_seed(cfg.seed + group.rank)  # each process samples its own shard's answers
     if cfg.data.hard_prompts:  # deterministic (seeded), so a resumed run narrows to the same prompts
         keep_hardest(run, cfg.data.hard_prompts, log)
     return run
@@ -206,7 +213,7 @@ class TrainingLoop:
     def __init__(self, run: Run):
         cfg = run.cfg
         self.run = run
-        self.trainer = PPOTrainer(run.policy, cfg.ppo, cfg.generation.temperature, seed=cfg.seed)
+        self.trainer = PPOTrainer(run.policy, cfg.ppo, cfg.generation.temperature, seed=cfg.seed, group=run.group)
         self.lengths = LengthSampler(cfg.generation.min_new_tokens, cfg.generation.max_new_tokens, seed=cfg.seed)
         self.data, self.batches_drawn = self._batch_plan(), 0
 
@@ -221,7 +228,8 @@ class TrainingLoop:
     def step(self) -> dict:
         """Generate, score and update once; returns the step's statistics."""
         run, timing = self.run, {}
-        _, queries = next(self.data)
+        _, queries = next(self.data)  # the whole batch, the same in every process
+        queries = run.group.shard(queries)
         self.batches_drawn += 1
         with _timer(timing, "time/generate_s"):
             sampled = rollout(run.policy, queries, run.cfg.generation, max_new_tokens=self.lengths())

@@ -410,3 +410,13 @@ def test_rollout_samples_from_the_distribution_it_records_whatever_the_model_shi
     torch.manual_seed(0)
     plain = rollout(policy, q, gen)
     assert [r.tolist() for r in plain.responses] == [r.tolist() for r in ro.responses], "same network, same samples"
+
+
+def test_decoded_responses_drop_nul_characters(tiny_llama):
+    """A byte-level tokenizer can emit byte 0; PostgreSQL cannot store it, and a refill chunk holding one failed."""
+    from rlhf.prompts import decode_responses
+
+    policy = make_policy(tiny_llama, "llama")
+    ids = torch.tensor(policy.tokenizer(" hello\x00there ")["input_ids"])
+    assert "\x00" in policy.tokenizer.decode(ids)
+    assert decode_responses(policy.tokenizer, [ids]) == ["hellothere"]
