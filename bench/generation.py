@@ -66,7 +66,8 @@ def measure(model: str, data: Path, steps: int, trl_python: Path | None, say) ->
         if "trl" in workers:
             calls["trl"] = lambda i: workers["trl"].call("gen_batch", index=i)
         names = list(calls)
-        calls[names[0]](0)  # warm-up, not counted
+        for k in names:  # warm-up, not counted
+            calls[k](0)
         rows: dict[str, list[dict]] = {k: [] for k in names}
         for i in range(steps):
             for k in names[i % len(names) :] + names[: i % len(names)]:  # rotate who goes first
