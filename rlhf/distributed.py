@@ -39,9 +39,6 @@ class Group:
         """Sum `tensor` in place across processes."""
         return tensor
 
-    def max_(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor
-
     def broadcast_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Rank 0's `tensor`, in place, in every process."""
         return tensor
@@ -70,10 +67,6 @@ class TorchGroup(Group):
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         self.dist.all_reduce(tensor, op=self.dist.ReduceOp.SUM)
-        return tensor
-
-    def max_(self, tensor: torch.Tensor) -> torch.Tensor:
-        self.dist.all_reduce(tensor, op=self.dist.ReduceOp.MAX)
         return tensor
 
     def broadcast_(self, tensor: torch.Tensor) -> torch.Tensor:
