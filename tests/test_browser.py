@@ -271,7 +271,7 @@ def test_hostile_names_and_files_stay_text_and_exports_stay_private(chromium, st
     _login(page, url, HOSTILE_NAME, "hostile-pass")
     assert HOSTILE_NAME in page.locator("#progress").inner_text()
     page.click("#rate-toxic")
-    _wait_for(lambda: "you: 1" in page.locator("#progress").inner_text(), what="a rating")
+    _wait_for(lambda: _rated_by_me(page.locator("#progress").inner_text(), 1), what="a rating")
 
     # ---- a file with a hostile key, then a hostile column name: errors name them as text -------------------------
     page.get_by_role("tab", name="Data").click()
@@ -320,6 +320,13 @@ def test_hostile_names_and_files_stay_text_and_exports_stay_private(chromium, st
     admin.close()
 
 
+def _rated_by_me(progress: str, n: int) -> bool:
+    """The progress line counts n ratings of mine ("you: n ·"); "left for you: 1..." must not pass for it."""
+    import re
+
+    return re.search(rf"(?<!for )you: {n} ·", progress) is not None
+
+
 def test_without_logins_the_typed_name_survives_a_reload(chromium, studio_url):
     from sqlalchemy import select
 
@@ -343,7 +350,7 @@ def test_without_logins_the_typed_name_survives_a_reload(chromium, studio_url):
     assert page.locator("#name textarea, #name input").first.input_value() == "Zoë Lee"
     _wait_for(lambda: page.locator("#prompt textarea").input_value().startswith("#Person1#"), what="an item")
     page.click("#rate-ok")
-    _wait_for(lambda: "you: 1" in progress.inner_text(), what="the rating")
+    _wait_for(lambda: _rated_by_me(progress.inner_text(), 1), what="the rating")
     with studio.svc.Session.begin() as s:
         names = list(s.scalars(select(Annotator.name).join(Rating, Rating.annotator_id == Annotator.id)))
     assert names == ["Zoë Lee"]  # not "annotator"
