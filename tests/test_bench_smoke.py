@@ -203,3 +203,55 @@ def test_generation_benchmark_splits_a_rounds_generation_into_its_parts(tmp_path
     ):
         assert part in report
     assert (tmp_path / "work" / f"plan-{tiny_llama.name}-2" / "plan.pt").exists()
+
+
+def test_labeling_pace_rates_at_a_pace_before_and_during_a_round(
+    tiny_studio_options, tiny_llama, tiny_classifier, chitchat_jsonl, tmp_path
+):
+    """bench.labeling_pace drives the app's service as the page does: every click is a stored rating, the round runs
+    to its end beside the clicks, and the command line writes the table."""
+    from bench.labeling_pace import main, measure
+
+    r = measure(
+        tiny_studio_options(pool_size=4, first_items=2),
+        clicks=5,
+        pace=0.05,
+        round_steps=2,
+        round_eval=2,
+        timeout=300,
+        say=lambda text: None,
+    )
+    assert r["first_item_s"] > 0
+    assert len(r["quiet"].latencies) == 5
+    assert r["round_status"] == "done"
+    assert r["rated"] == 5 + len(r["during"].latencies)
+
+    out = tmp_path / "pace.md"
+    argv = ["--device", "cpu", "--pace", "0.05", "--clicks", "3", "--round-steps", "0", "--pool-size", "4"]
+    argv += ["--policy", str(tiny_llama), "--lora-targets", "q_proj,v_proj", "--reward", str(tiny_classifier)]
+    argv += ["--prompts", str(chitchat_jsonl), "--max-new-tokens", "5", "--heldout", "4", "--out", str(out)]
+    assert main(argv) == 0
+    table = out.read_text()
+    assert "Launch to first item" in table
+    assert "| quiet | 3 | " in table
+
+
+def test_app_latency_times_each_line_of_the_apps_log(tmp_path):
+    """The browser benchmark splits start-up by the times its reader gives the app's log lines as they come."""
+    import doctest
+    import subprocess
+    import sys
+    import time
+
+    import bench.app_latency as app_latency
+
+    assert doctest.testmod(app_latency).failed == 0
+    script = "import time; print('importing', flush=True); time.sleep(0.5); print('ready', flush=True)"
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    lines: list = []
+    app_latency._timed_log(proc.stdout, tmp_path / "app.log", t0, lines).join(30)
+    assert proc.wait(30) == 0
+    assert [text for _, text in lines] == ["importing", "ready"]
+    assert lines[1][0] - lines[0][0] >= 0.4
+    assert "s] ready" in (tmp_path / "app.log").read_text()
