@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,6 +112,37 @@ def _click_through(
     return latencies, waited_for_pool, longest
 
 
+def _timed_log(stream, path: Path, t0: float, lines: list[tuple[float, str]]) -> threading.Thread:
+    """Copy the app's output to `path` as it comes, each line with its time since launch (kept in `lines` too), so a
+    slow start can be split into its parts. Reading it also keeps the pipe from filling up and blocking the app."""
+
+    def copy() -> None:
+        with open(path, "w") as out:
+            for line in stream:
+                t = time.monotonic() - t0
+                lines.append((t, line.rstrip()))
+                out.write(f"[{t:7.1f} s] {line}")
+                out.flush()
+
+    thread = threading.Thread(target=copy, name="app-log", daemon=True)
+    thread.start()
+    return thread
+
+
+def start_up_parts(lines: list[tuple[float, str]], first_item_s: float) -> list[tuple[float, str]]:
+    """The app's log lines up to the first item (progress bars and warnings left out): start-up by part.
+
+    >>> start_up_parts([(1.0, "importing ..."), (2.0, "  warnings.warn("), (3.0, ""), (9.0, "ready in 9 s")], 5.0)
+    [(1.0, 'importing ...')]
+    """
+    noise = ("Loading weights", "warnings.warn", "* To create a public link")
+    return [
+        (t, text)
+        for t, text in lines
+        if t <= first_item_s and text.strip() and not text.strip().startswith(noise) and "Warning:" not in text
+    ]
+
+
 def _figures(latencies: list[float]) -> dict:
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
     return {"clicks": len(latencies), "p50_ms": q[49] * 1000, "p95_ms": q[94] * 1000, "max_ms": max(latencies) * 1000}
@@ -135,10 +167,11 @@ def measure(
         cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--data-dir", data, *app_args]
         t0 = time.monotonic()
         say = lambda text: _say(t0, text)  # noqa: E731
-        # The app's log goes to a file: a pipe nobody reads fills up and blocks the app mid-run.
         log_path = Path(data) / "app.log"
-        log = open(log_path, "w")  # noqa: SIM115
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        env["PYTHONUNBUFFERED"] = "1"  # each line when it is written: the log's times split the start-up
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        app_lines: list[tuple[float, str]] = []
+        reader = _timed_log(proc.stdout, log_path, t0, app_lines)
         try:
             deadline = t0 + timeout
             _wait_http(url, deadline, proc, log_path)
@@ -209,12 +242,13 @@ def measure(
         finally:
             proc.terminate()
             proc.wait(30)
-            log.close()
+            reader.join(10)
             kept = Path(tempfile.gettempdir()) / "app_latency-app.log"
             kept.write_text(log_path.read_text())
             say(f"the app's log: {kept}")
     return {"page_up_s": t_page, "first_item_s": t_first, **_figures(latencies), "pool_waits": waited_for_pool} | {
-        "during_round": during
+        "during_round": during,
+        "start_up": start_up_parts(app_lines, t_first),
     }
 
 
@@ -244,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         f"| {r['page_up_s']:.1f} s | {r['first_item_s']:.1f} s | {r['clicks']} | {r['p50_ms']:.0f} ms | "
         f"{r['p95_ms']:.0f} ms | {r['max_ms']:.0f} ms | {r['pool_waits']} |"
     )
+    print("\nStart-up, the app's own log up to the first item (seconds since launch):\n")
+    for t, text in r["start_up"]:
+        print(f"    {t:6.1f} s  {text}")
     d = r["during_round"]
     if d:
         print(
