@@ -159,16 +159,27 @@ class Studio:
             self._start()
 
     def _start(self) -> None:
-        """Prompts, then (with the pool process) the pool's copy and the first items, so labeling starts before the
-        app's own copy of the policy loads for rounds and Compare; without it, the models and then the first items."""
+        """The pool process first (it loads its copy of the policy while this process imports the prompts and the
+        page), then the first items from it, so labeling starts before the app's own copy loads for rounds and
+        Compare; without the pool process, the prompts, the models and then the first items."""
         from feedback.model import StudioModel
 
         try:
-            self._import_default_prompts()
             current = self.svc.current_version()
             base_id = self.svc.versions()[0].id
             if self.options.pool_copy:
-                self._pool = self._start_pool(current, base_id)
+                from feedback.pool_worker import ProcessGenerator
+
+                self._pool = ProcessGenerator(self.cfg, base_id)
+            try:
+                self._import_default_prompts()
+                if self._pool is not None:
+                    self._first_from_pool(self._pool, current)
+            except BaseException:
+                if self._pool is not None and self.svc.generator is not self._pool:
+                    self._pool.close()  # it never served: nothing uses it
+                    self._pool = None
+                raise
             self._enter(
                 "loading the policy and the reward model"
                 + ("" if self._pool else " (a first start converts the model once)")
@@ -210,22 +221,15 @@ class Studio:
         self.svc.refill_in_background()
         return True
 
-    def _start_pool(self, current, base_id: int):
-        """The pool process, holding the current version, and the first items from it; labeling starts here."""
-        from feedback.pool_worker import ProcessGenerator
-
+    def _first_from_pool(self, pool, current) -> None:
+        """Wait for the pool process to load, have it hold the current version, and make the first items from it;
+        labeling starts here."""
         self._enter("loading the policy for labeling (a first start converts the model once)")
-        pool = ProcessGenerator(self.cfg, base_id)
-        try:
-            pool.wait_ready()
-            if current.adapter_path is not None:
-                pool.serve(current.id, current.adapter_path)
-        except BaseException:
-            pool.close()
-            raise
+        pool.wait_ready()
+        if current.adapter_path is not None:
+            pool.serve(current.id, current.adapter_path)
         self.svc.generator = pool
         self._first_items()
-        return pool
 
     def _first_items(self) -> None:
         """A few items first, so labeling starts now; the rest of the pool follows in the background."""

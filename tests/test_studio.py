@@ -247,6 +247,7 @@ def test_a_missing_model_is_reported_and_the_store_stays_usable(tmp_path, tiny_s
     s.start(background=False)
     assert not s.ready.is_set()
     assert "does not exist" in s.error and "--policy" in s.error
+    assert s._pool is None  # the pool process that could not load is stopped
     with pytest.raises(ValueError, match="does not exist"):
         s.require_model()
     assert s.svc.annotator("still-works").name == "still-works"
@@ -375,10 +376,12 @@ def test_rounds_doctests():
 
 def test_labeling_starts_after_the_first_items_and_the_pool_fills_behind_it(tiny_studio_options):
     """Launch to first item: the page is ready once `first_items` exist, not after the whole pool."""
-    seen = []
+    seen, pool_loading = [], []
     holder = {}
 
     def log(message):
+        if message.startswith("imported"):  # the pool process loads its copy while the prompts import
+            pool_loading.append(holder["studio"]._pool._process.is_alive())
         if message.startswith("ready"):
             seen.append((holder["studio"].svc.unrated_count(), holder["studio"].model))
 
@@ -388,6 +391,7 @@ def test_labeling_starts_after_the_first_items_and_the_pool_fills_behind_it(tiny
     try:
         # ready as soon as the first two items were stored, from the pool process, before the app's own copy loaded
         assert seen == [(2, None)]
+        assert pool_loading == [True]
         assert s.model is not None
         _wait_for_refill(s)
         assert s.svc.unrated_count() == 2 + 8
