@@ -82,8 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--first-items",
         type=int,
-        default=4,
-        help="items generated first at start-up, before the page takes ratings; the rest of the pool follows [4]",
+        default=2,
+        help="items generated first at start-up, before the page takes ratings; the rest of the pool follows [2]",
     )
     p.add_argument(
         "--round-nice",

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--round-steps", type=int, default=20, help="a model-mode round of this many steps (0: none) [20]")
     p.add_argument("--round-eval", type=int, default=16, help="the round's held-out prompts before and after [16]")
     p.add_argument("--pool-size", type=int, default=16, help="the app's --pool-size [16]")
-    p.add_argument("--first-items", type=int, default=4, help="the app's --first-items [4]")
+    p.add_argument("--first-items", type=int, default=2, help="the app's --first-items [2]")
     p.add_argument("--policy", default=None, help="the app's --policy (default: the embedded SmolLM2)")
     p.add_argument("--lora-targets", default=None, help="the app's --lora-targets, for --policy")
     p.add_argument("--reward", default=None, help="the app's --reward")

@@ -37,7 +37,7 @@ class StudioOptions:
     prompts: str | None = None  # overrides the preset's prompt source
     heldout: int = 64  # prompts of the default set kept for evaluation
     pool_size: int = 16  # generations made at start-up and per refill; a refill starts when fewer are left
-    first_items: int = 4  # generated first at start-up, so labeling starts before the rest of the pool is made
+    first_items: int = 2  # generated first at start-up, so labeling starts before the rest of the pool is made
     round_nice: int = 0  # a round's CPU priority below labeling's (Linux nice; ROUND_NICE: labeling first)
     pool_copy: bool = True  # fill the pool from an inference copy of the policy, so rounds never stall labeling
     max_prompt_chars: int = 20_000  # imported prompts longer than this are refused
