@@ -284,6 +284,15 @@ class StudioModel:
             return  # no copy: the pool follows the training policy, which holds the current version between rounds
         self.pool_generator.serve(version_id, adapter_path)
 
+    def hand_over(self, svc, version_id: int, adapter_path: str | None, first: int = 0) -> int:
+        """Move the pool to this version before it becomes current (`FeedbackService.hand_over`): a running refill
+        stops after its chunk, the pool copy loads the version and stores `first` of its items. Without a copy the
+        pool follows the training policy, which holds the version already (and whose lock the caller may hold, so
+        no refill is waited for). Returns how many items were stored."""
+        if self.pool_generator is self.generator:
+            return 0
+        return svc.hand_over(version_id, lambda: self.serve(version_id, adapter_path), first)
+
     def holds(self, version_id: int, adapter_path: str | None) -> None:
         """Record which version the policy's weights are now: `use_version` does, and so does a round, which
         trains the weights in place and saves them as a new version."""

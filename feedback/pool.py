@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -53,6 +53,7 @@ class PoolMixin:
     refill_size: int
     last_refill_error: str | None
     _refill_lock: threading.Lock
+    _refill_stop: threading.Event
 
     def add_generations(self, version_id: int, gens: Sequence[NewGeneration]) -> list[int]:
         rows = [
@@ -135,6 +136,9 @@ class PoolMixin:
             # in chunks, each stored as soon as it is made: the first items are rateable before the last exist
             i = 0
             for n in chunk_sizes(len(prompts), REFILL_CHUNK if pairs else left):
+                if self._refill_stop.is_set() or self.generator.version_id != version_id:
+                    break  # the generator is being moved to another version (`hand_over`): its items would be
+                    # stored under this one
                 self.refill_progress = (i, len(prompts))
                 added += len(self.add_generations(version_id, self.generator.generate(prompts[i : i + n])))
                 i += n
@@ -147,6 +151,33 @@ class PoolMixin:
         finally:
             self.refill_progress = None
             self._refill_lock.release()
+
+    def hand_over(self, version_id: int, serve: Callable[[], None], first: int = 0) -> int:
+        """Move the pool's generator to `version_id` before it becomes current, so annotators never meet an empty
+        pool at the switch: a running refill stops after its chunk (its items stay with the version that made them),
+        `serve()` loads the version into the generator, and `first` items of it are stored. The caller then makes
+        the version current (`finish_round`, `set_current`). Returns how many items were stored; a failed
+        generation is reported in `last_refill_error` and leaves the rest to the next refill."""
+        self._refill_stop.set()
+        try:
+            with self._refill_lock:
+                self._refill_stop.clear()
+                serve()
+                if first <= 0 or self.generator is None:
+                    return 0
+                with self.Session.begin() as s:
+                    chosen = q.prompts_for_generation(version_id, first, session=s)
+                    prompts = [PromptRef(p.id, p.text, p.reference_summary) for p in chosen]
+                if not prompts:
+                    return 0
+                try:
+                    return len(self.add_generations(version_id, self.generator.generate(prompts)))
+                except Exception as err:  # noqa: BLE001 - the version still becomes current; the refill follows
+                    log.exception("the first items of version %s failed", version_id)
+                    self.last_refill_error = f"{type(err).__name__}: {err}"
+                    return 0
+        finally:
+            self._refill_stop.clear()
 
     def refill_in_background(self, pairs: bool = False) -> threading.Thread | None:
         """`refill_if_low` in a daemon thread (None when a refill is already running)."""

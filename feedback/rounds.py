@@ -103,9 +103,11 @@ class RoundRunner:
         versions_dir: Path,
         nice: int = 0,
         human: HumanRewardSource | None = None,
+        first_items: int = 2,
     ):
         self.svc = svc
         self.nice = nice
+        self.first_items = first_items  # items of a new version stored before annotators are moved to it
         self.human = human
         self.model = model
         self.versions_dir = Path(versions_dir)
@@ -285,9 +287,12 @@ class RoundRunner:
                 model.policy.save(staging)
                 os.replace(staging, final)
                 staging = None
-                version = svc.finish_round(info.id, str(final / "adapter"), f"v{number}", metrics, evaluation)
+                version = svc.add_version(info.id, str(final / "adapter"), f"v{number}")
                 model.holds(version.id, version.adapter_path)  # the trained weights are the new version
-                model.serve(version.id, version.adapter_path)  # and the pool comes from it from now on
+                self._enter("handing the new version to labeling", n, n, None)
+                # the pool comes from it from now on, with its first items stored before annotators move to it
+                model.hand_over(svc, version.id, version.adapter_path, first=self.first_items)
+                version = svc.finish_round(info.id, version.id, metrics, evaluation)
         except _Cancelled:
             self._restore(input_version)
             svc.update_round(info.id, status="interrupted", error="cancelled by the user", finished=utcnow())
@@ -310,6 +315,8 @@ class RoundRunner:
     def _restore(self, version) -> None:
         try:
             self.model.use_version(version.id, version.adapter_path)
+            if self.model.pool_generator.version_id != version.id:  # a failure after the hand-over
+                self.model.hand_over(self.svc, version.id, version.adapter_path)
         except Exception:  # noqa: BLE001 - the store still names the right version; loading is retried on restart
             log.exception("could not reload version %s after a failed round", version.id)
 

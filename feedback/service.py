@@ -51,4 +51,5 @@ class FeedbackService(AccountsMixin, PoolMixin, LabelingMixin, VersionsMixin):
         self.refill_size = refill_size
         self.use_logit = use_logit
         self._refill_lock = threading.Lock()
+        self._refill_stop = threading.Event()  # set by `hand_over`: a running refill stops after its chunk
         self.last_refill_error: str | None = None

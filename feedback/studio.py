@@ -191,7 +191,12 @@ class Studio:
             self.model = model
             self.svc.generator = model.pool_generator
             self.runner = RoundRunner(
-                self.svc, model, self.data_dir / "versions", nice=self.options.round_nice, human=self.human_reward
+                self.svc,
+                model,
+                self.data_dir / "versions",
+                nice=self.options.round_nice,
+                human=self.human_reward,
+                first_items=self.options.first_items,
             )
             if self._pool is None:
                 self._first_items()
@@ -217,7 +222,7 @@ class Studio:
         if model.pool_generator is model.generator:
             model.use_version(cur.id, cur.adapter_path)
         else:
-            model.serve(cur.id, cur.adapter_path)
+            model.hand_over(self.svc, cur.id, cur.adapter_path)
         self.svc.refill_in_background()
         return True
 
@@ -326,7 +331,7 @@ class Studio:
         with model.lock:
             target = self.svc.version(version_id)
             model.use_version(target.id, target.adapter_path)
-            model.serve(target.id, target.adapter_path)
+            model.hand_over(self.svc, target.id, target.adapter_path)
             version = self.svc.set_current(target.id)
         self.svc.refill_in_background()
         return version

@@ -212,19 +212,26 @@ class VersionsMixin:
             s.flush()
             return _round(r)
 
-    def finish_round(
-        self, round_id: int, adapter_path: str, name: str, metrics: list, evaluation: dict | None
-    ) -> VersionInfo:
-        """Record a finished round and make its policy version current, in one transaction."""
+    def add_version(self, round_id: int, adapter_path: str, name: str) -> VersionInfo:
+        """A round's trained policy as a new version, not yet current: the pool makes its first items from it
+        (`hand_over`) before `finish_round` moves the annotators to it."""
         with self.Session.begin() as s:
             r = s.get(TrainingRound, round_id)
             v = PolicyVersion(name=name, adapter_path=adapter_path, parent_id=r.input_version_id, is_current=False)
             s.add(v)
             s.flush()
-            q.set_current_version(v.id, session=s)
+            s.refresh(v)
+            return _version(v)
+
+    def finish_round(self, round_id: int, version_id: int, metrics: list, evaluation: dict | None) -> VersionInfo:
+        """Record a finished round and make its version (`add_version`) current, in one transaction."""
+        with self.Session.begin() as s:
+            r = s.get(TrainingRound, round_id)
+            q.set_current_version(version_id, session=s)
             r.status, r.metrics, r.evaluation = "done", metrics, evaluation
-            r.finished, r.output_version_id = utcnow(), v.id
+            r.finished, r.output_version_id = utcnow(), version_id
             s.flush()
+            v = s.get(PolicyVersion, version_id)
             s.refresh(v)
             return _version(v)
 

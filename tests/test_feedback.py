@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 import feedback.rewards
-from db.models import Comparison, Generation, Prompt, Rating
+from db.models import Comparison, Generation, PolicyVersion, Prompt, Rating
 from db.session import make_engine, make_session_factory, upgrade
 from feedback.io import ImportFileError, export_ratings, import_prompts
 from feedback.rewards import blend, krippendorff_alpha
@@ -839,3 +839,54 @@ def test_one_round_at_a_time_across_app_processes_sharing_a_database(db_url):
     finally:
         for e in engines:
             e.dispose()
+
+
+class _SlowGenerator:
+    """Answers each prompt with the version it holds, slowly, so a hand-over can come in the middle of a refill."""
+
+    def __init__(self, version_id: int):
+        self.version_id = version_id
+        self.calls = 0
+
+    def generate(self, prompts):
+        import time
+
+        self.calls += 1
+        time.sleep(0.2)
+        made_by = self.version_id
+        return [NewGeneration(p.id, p.text, f"made by {made_by}", [1], [2], [-0.1], 0.5, None, "t") for p in prompts]
+
+
+def test_a_hand_over_stops_a_running_refill_and_stores_the_new_versions_first_items(store):
+    """A round's new version (or a rollback's) reaches the pool through `hand_over`: the refill in flight stops after
+    its chunk, every item stays with the version that made it, and the new version has its first items before it
+    becomes current."""
+    _, Session = store
+    base = FeedbackService(Session).ensure_base_version()
+    gen = _SlowGenerator(base.id)
+    svc = FeedbackService(Session, gen, low_water=16, refill_size=16)
+    from feedback.io import add_prompt_texts
+
+    add_prompt_texts(Session, [(f"#Person1#: dialogue {i}", None) for i in range(40)], "test", "train")
+    with Session.begin() as s:
+        new = PolicyVersion(name="v1", adapter_path=None, parent_id=base.id, is_current=False)
+        s.add(new)
+        s.flush()
+        new_id = new.id
+    refill = svc.refill_in_background()  # 16 prompts in chunks of 2, 4, 8, 2
+    while gen.calls == 0:
+        threading.Event().wait(0.01)
+
+    def serve():
+        gen.version_id = new_id
+
+    assert svc.hand_over(new_id, serve, first=3) == 3
+    refill.join(10)
+    with Session.begin() as s:
+        rows = s.execute(select(Generation.policy_version_id, Generation.response)).all()
+    assert all(response == f"made by {version}" for version, response in rows)  # nothing stored under another
+    made = [version for version, _ in rows]
+    assert made.count(new_id) == 3
+    assert 2 <= made.count(base.id) < 16  # the refill stopped after the chunk it was making
+    assert svc.current_version().id == base.id  # the caller makes the new version current, once it has items
+    assert svc.refill_if_low() == 0  # and until then no refill runs: the generator holds another version

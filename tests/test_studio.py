@@ -18,7 +18,7 @@ import feedback.human_reward
 import feedback.model
 import feedback.pool
 import feedback.rounds
-from db.models import Rating
+from db.models import Generation, Rating
 from feedback.rounds import RoundSettings
 from feedback.studio import Studio
 from rlhf.judge import DAVIDSON_CSV
@@ -108,6 +108,27 @@ def test_a_round_makes_a_new_current_version_and_new_items_come_from_it(studio):
     studio.rollback(base.id)
     assert studio.svc.current_version().id == base.id
     assert all(torch.equal(p, before[n]) for n, p in _lora(studio).items())
+
+
+def test_annotators_move_to_a_new_version_with_its_first_items_waiting(studio, monkeypatch):
+    """A round's new version becomes current only once the pool process serves it and its first items are stored,
+    so nobody meets an empty pool at the switch (bench.labeling_pace met one such click per round before)."""
+    from feedback.service import FeedbackService
+
+    seen = []
+    real = FeedbackService.finish_round
+
+    def spy(svc, round_id, version_id, metrics, evaluation):
+        with svc.Session.begin() as s:
+            made = s.scalar(select(func.count(Generation.id)).where(Generation.policy_version_id == version_id))
+        seen.append((made, studio.model.pool_generator.version_id == version_id))
+        return real(svc, round_id, version_id, metrics, evaluation)
+
+    monkeypatch.setattr(FeedbackService, "finish_round", spy)
+    studio.start_round(RoundSettings(mode="model", steps=1, batch_size=4, mini_batch_size=2, eval_prompts=0))
+    studio.runner.wait(120)
+    assert studio.svc.rounds()[0].status == "done"
+    assert seen == [(studio.options.first_items, True)]
 
 
 def test_a_version_made_current_by_another_app_process_is_served_here(studio):
@@ -359,6 +380,7 @@ def test_a_round_reports_its_phases_with_an_estimate(studio, monkeypatch):
         ("PPO step 2/2", 1, 2, True),  # timed from the first step and the first evaluation
         ("evaluating the new version", 2, 2, True),
         ("saving the new version", 2, 2, False),
+        ("handing the new version to labeling", 2, 2, False),
     ]
     assert studio.runner.phase is None  # nothing runs any more
     if sys.platform == "linux":  # every phase ran at the round's lower CPU priority, and the test's thread kept its own
