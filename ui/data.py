@@ -10,7 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from ui.common import UserState, bind, download_link, errors_to_page, info, login, require_admin
-from ui.text import plain
+from ui.text import counted, plain
 
 SHAPES = ("unpaired", "pairwise")
 FORMATS = ("jsonl", "csv", "dataset")
@@ -146,6 +146,7 @@ def data_view(*, studio, tab: DataTab) -> dict:
 def delete_ratings(st: UserState, who_name: str, typed: str, request: gr.Request, *, studio, tab: DataTab):
     require_admin(st)
     n, backup = studio.svc.delete_ratings_of(who_name, typed, studio.data_dir / "deleted")
-    info(f"Deleted {n} ratings and comparisons of {who_name.strip()}.")
+    deleted = counted(n, "rating or comparison", "ratings and comparisons")
+    info(f"Deleted {deleted} of {who_name.strip()}.")
     link = download_link(studio, backup, login(request), "Download what was deleted", keep=True)
     return {**data_view(studio=studio, tab=tab), tab.delete_result: link, tab.confirm: ""}

@@ -25,3 +25,14 @@ def plain(text: object) -> str:
     'Ann Lee 2'
     """
     return "".join(f"&#{ord(c)};" if c in _PUNCTUATION else c for c in str(text))
+
+
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """A count with its noun in the right number.
+
+    >>> counted(1, "step"), counted(20, "step"), counted(0, "rating")
+    ('1 step', '20 steps', '0 ratings')
+    >>> counted(1, "rating or comparison", "ratings and comparisons")
+    '1 rating or comparison'
+    """
+    return f"{n} {singular if n == 1 else (plural or singular + 's')}"

@@ -12,7 +12,7 @@ from feedback.rounds import RoundSettings, fit_mini_batch, mini_batch_note
 from feedback.types import PreviewRow
 from ui.common import bind, errors_to_page, info, require_admin, version_id, version_updates
 from ui.rounds import KL_LOSS_SERIES, REWARD_SERIES, history_frame, metric_frame, progress_html
-from ui.text import plain
+from ui.text import counted, plain
 
 MODES = {"Model": "model", "Human": "human", "Blend": "blend"}
 PREVIEW_LABEL = "Labeled items and the reward a round would give them"
@@ -289,7 +289,7 @@ def start_round(
     started = studio.start_round(settings)
     note = mini_batch_note(settings.batch_size, settings.mini_batch_size, mini_batch_size)
     info(
-        f"Round {started.id} started ({settings.mode} reward, {settings.steps} steps)."
+        f"Round {started.id} started ({settings.mode} reward, {counted(settings.steps, 'step')})."
         + (f" Note: {note}." if note else "")
     )
     return round_view(studio, tab)
