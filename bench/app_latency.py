@@ -104,7 +104,7 @@ def _click_through(
         current = now
         n += 1
         if say is not None and n % 10 == 0:
-            f = _figures(latencies)
+            f = click_figures(latencies)
             say(
                 f"{n} clicks: p50 {f['p50_ms']:.0f} ms, p95 {f['p95_ms']:.0f} ms, slowest {f['max_ms']:.0f} ms, "
                 f"{waited_for_pool} met an empty pool"
@@ -143,7 +143,7 @@ def start_up_parts(lines: list[tuple[float, str]], first_item_s: float) -> list[
     ]
 
 
-def _figures(latencies: list[float]) -> dict:
+def click_figures(latencies: list[float]) -> dict:
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
     return {"clicks": len(latencies), "p50_ms": q[49] * 1000, "p95_ms": q[94] * 1000, "max_ms": max(latencies) * 1000}
 
@@ -232,7 +232,7 @@ def measure(
                     lat, waits, longest = _click_through(
                         page, shown, current, round_clicks or 10**6, pace, until=round_over, say=say
                     )
-                    during = _figures(lat) | {
+                    during = click_figures(lat) | {
                         "pool_waits": waits,
                         "longest_wait_s": longest,
                         "round_s": time.monotonic() - t_round,
@@ -246,7 +246,7 @@ def measure(
             kept = Path(tempfile.gettempdir()) / "app_latency-app.log"
             kept.write_text(log_path.read_text())
             say(f"the app's log: {kept}")
-    return {"page_up_s": t_page, "first_item_s": t_first, **_figures(latencies), "pool_waits": waited_for_pool} | {
+    return {"page_up_s": t_page, "first_item_s": t_first, **click_figures(latencies), "pool_waits": waited_for_pool} | {
         "during_round": during,
         "start_up": start_up_parts(app_lines, t_first),
     }

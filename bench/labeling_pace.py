@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.app_latency import click_figures
 from bench.run import cpu_model
 
 
@@ -36,12 +36,12 @@ class Clicks:
     longest_wait_s: float = 0.0
 
     def row(self) -> str:
-        lat = sorted(self.latencies)
-        if not lat:
+        """The table row, with the percentiles `bench.app_latency` reports for the page."""
+        if not self.latencies:
             return "| 0 | - | - | - | 0 | - |"
-        p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
+        f = click_figures(self.latencies)
         return (
-            f"| {len(lat)} | {statistics.median(lat) * 1e3:.0f} ms | {p95 * 1e3:.0f} ms | {lat[-1] * 1e3:.0f} ms | "
+            f"| {f['clicks']} | {f['p50_ms']:.0f} ms | {f['p95_ms']:.0f} ms | {f['max_ms']:.0f} ms | "
             f"{self.empty} | {self.longest_wait_s:.1f} s |"
         )
 
@@ -58,11 +58,13 @@ def wait_for_item(svc, annotator_id: int, deadline: float, poll_s: float = 0.05)
         time.sleep(poll_s)
 
 
-def click_through(svc, annotator_id: int, item, pace: float, until, deadline: float) -> tuple[Clicks, object]:
-    """Rate the shown item every `pace` seconds (binary, as the page's button does) until `until()` is true;
-    each click's latency runs from the click to the next item in hand."""
+def click_through(
+    svc, annotator_id: int, item, pace: float, deadline: float, clicks: int | None = None, until=None
+) -> tuple[Clicks, object]:
+    """Rate the shown item every `pace` seconds (binary, as the page's button does), `clicks` times or until
+    `until()` is true; each click's latency runs from the click to the next item in hand."""
     out = Clicks()
-    while not until():
+    while (clicks is None or len(out.latencies) < clicks) and not (until is not None and until()):
         time.sleep(pace)
         t = time.monotonic()
         _, item = svc.submit_and_next(annotator_id, item.generation_id, "binary", 1)
@@ -87,13 +89,7 @@ def measure(options, clicks: int, pace: float, round_steps: int, round_eval: int
         item = wait_for_item(studio.svc, who.id, deadline)
         first_s = time.monotonic() - t0
         say(f"first item after {first_s:.1f} s")
-        done = [0]
-
-        def enough() -> bool:
-            done[0] += 1
-            return done[0] > clicks
-
-        quiet, item = click_through(studio.svc, who.id, item, pace, enough, deadline)
+        quiet, item = click_through(studio.svc, who.id, item, pace, deadline, clicks=clicks)
         say(f"quiet: {quiet.row()}")
         during, round_s, status = None, None, None
         if round_steps:
@@ -106,7 +102,9 @@ def measure(options, clicks: int, pace: float, round_steps: int, round_eval: int
             t_round = time.monotonic()
             studio.start_round(settings)
             say(f"round of {round_steps} steps started")
-            during, item = click_through(studio.svc, who.id, item, pace, lambda: not studio.runner.running, deadline)
+            during, item = click_through(
+                studio.svc, who.id, item, pace, deadline, until=lambda: not studio.runner.running
+            )
             round_s = time.monotonic() - t_round
             status = studio.svc.rounds()[0].status
             say(f"during the round ({round_s:.0f} s, {status}): {during.row()}")
